@@ -1,0 +1,38 @@
+//! The broker interface shared by the embedded and the Redis implementations.
+
+use async_trait::async_trait;
+use roomcast_proto::{ChatMessage, Event, Interest};
+use tokio::sync::mpsc;
+
+/// Room fan-out plus per-room sequence numbers.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// The next sequence number of `room`, or `None` when the broker does not know the
+    /// room's counter (a new room, or state lost): seed it from the store, then ask again.
+    async fn next_seq(&self, room: &str) -> Result<Option<u64>, BrokerError>;
+    /// Raises `room`'s counter to at least `floor`.
+    async fn seed(&self, room: &str, floor: u64) -> Result<(), BrokerError>;
+    /// Carries a stored message to every link subscribed to its room.
+    async fn publish(&self, msg: &ChatMessage) -> Result<(), BrokerError>;
+    /// Opens a link: the subscription channel of one gateway.
+    async fn connect(&self) -> Result<Link, BrokerError>;
+}
+
+/// One gateway's subscription: it sends [`Interest`]s and receives [`Event`]s.
+/// When `events` ends the link is gone, and the gateway must connect again and resync.
+pub struct Link {
+    pub interests: mpsc::Sender<Interest>,
+    pub events: mpsc::Receiver<Event>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("broker did not answer in time")]
+    Timeout,
+}
+
+/// Capacity of a link's event queue. A gateway that falls this far behind has its link
+/// closed; it reconnects and re-reads its rooms from the store, so nothing is lost.
+pub const LINK_CAPACITY: usize = 65_536;

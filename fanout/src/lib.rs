@@ -1,0 +1,19 @@
+//! The broker tier. It hands out per-room sequence numbers and carries stored messages
+//! to every gateway with members in the room.
+//!
+//! One interface, [`Broker`], three implementations: [`MemoryBroker`] for a single
+//! process, [`RedisBroker`] for many (behind the `fanout` gRPC service), and
+//! [`FanoutClient`], the gateway's view of a remote `fanout`.
+
+mod broker;
+mod client;
+mod memory;
+mod redis_broker;
+mod registry;
+mod server;
+
+pub use broker::{Broker, BrokerError, Link};
+pub use client::FanoutClient;
+pub use memory::MemoryBroker;
+pub use redis_broker::RedisBroker;
+pub use server::FanoutService;

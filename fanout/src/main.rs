@@ -1,0 +1,59 @@
+//! `fanout`: the Redis-backed broker, served over gRPC to the gateways.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use fanout::{FanoutService, RedisBroker};
+use roomcast_proto::fanout_server::FanoutServer;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+#[derive(Parser)]
+#[command(version, about = "roomcast broker: per-room sequence numbers and fan-out over Redis")]
+struct Args {
+    /// gRPC address the gateways connect to.
+    #[arg(long, env = "ROOMCAST_LISTEN", default_value = "0.0.0.0:50051")]
+    listen: SocketAddr,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "ROOMCAST_METRICS_LISTEN", default_value = "0.0.0.0:9091")]
+    metrics_listen: SocketAddr,
+    /// Redis URL, e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS).
+    #[arg(long, env = "ROOMCAST_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init_logging("fanout");
+    let metrics = telemetry::init_metrics("fanout")?;
+    let broker = RedisBroker::open(&args.redis)?;
+    let (stop_tx, stop) = watch::channel(false);
+
+    let ready = telemetry::Readiness::default();
+    let admin = telemetry::bind(args.metrics_listen, "metrics").await?;
+    tokio::spawn(telemetry::serve_admin(admin, metrics, ready.clone(), stop.clone()));
+    let probe = broker.clone();
+    tokio::spawn(async move {
+        loop {
+            ready.set(probe.is_up().await);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+
+    let listener = telemetry::bind(args.listen, "gRPC").await?;
+    tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, "fanout serving");
+    let mut stopped = stop.clone();
+    tonic::transport::Server::builder()
+        .add_service(FanoutServer::new(FanoutService::new(Arc::new(broker))))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            telemetry::terminated().await;
+            let _ = stop_tx.send(true);
+            let _ = stopped.changed().await;
+        })
+        .await?;
+    tracing::info!("fanout stopped");
+    Ok(())
+}

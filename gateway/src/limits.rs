@@ -1,0 +1,87 @@
+//! Sizes and counts a client may use, all with defaults that are safe in public.
+
+use crate::protocol::Refusal;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest text frame answered with an error instead of a close.
+    pub max_frame_bytes: usize,
+    /// Largest frame read at all; beyond it the connection closes with 1009.
+    pub hard_frame_bytes: usize,
+    pub max_text_chars: usize,
+    pub max_room_chars: usize,
+    pub max_user_chars: usize,
+    pub max_client_id_bytes: usize,
+    pub max_rooms_per_connection: usize,
+    /// Messages in a join without `since`, and the default history page.
+    pub history_page: u32,
+    /// Most messages one join with `since` recovers.
+    pub max_recovery: usize,
+    /// Bytes queued towards one client before it is disconnected as too slow.
+    pub send_queue_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 16 * 1024,
+            hard_frame_bytes: 1024 * 1024,
+            max_text_chars: 4000,
+            max_room_chars: 64,
+            max_user_chars: 32,
+            max_client_id_bytes: 64,
+            max_rooms_per_connection: 50,
+            history_page: 50,
+            max_recovery: 5000,
+            send_queue_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Names are 1..=max characters of `A-Z a-z 0-9 _ . -`.
+fn valid_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+impl Limits {
+    pub fn check_room(&self, room: &str) -> Result<(), Refusal> {
+        if valid_name(room, self.max_room_chars) {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                "invalid_room",
+                "invalid_field",
+                format!("room names are 1 to {} characters of A-Z a-z 0-9 _ . -", self.max_room_chars),
+            ))
+        }
+    }
+
+    pub fn check_user(&self, user: &str) -> Result<(), Refusal> {
+        if valid_name(user, self.max_user_chars) {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                "invalid_user",
+                "invalid_field",
+                format!("user names are 1 to {} characters of A-Z a-z 0-9 _ . -", self.max_user_chars),
+            ))
+        }
+    }
+
+    pub fn check_text(&self, text: &str) -> Result<(), Refusal> {
+        let chars = text.chars().count();
+        if chars == 0 {
+            return Err(Refusal::new("bad_request", "invalid_field", "text must not be empty"));
+        }
+        if chars > self.max_text_chars {
+            return Err(Refusal::new(
+                "too_large",
+                "too_large",
+                format!("text is {chars} characters; the limit is {}", self.max_text_chars),
+            ));
+        }
+        Ok(())
+    }
+}

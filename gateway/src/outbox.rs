@@ -1,0 +1,153 @@
+//! A connection's outgoing side: a queue bounded in bytes, and the one task that writes
+//! it to the socket. A client that stops reading fills its queue and is closed with
+//! [`SLOW_CONSUMER`], so it never holds up the room.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Sink, SinkExt};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::metrics::METRICS;
+
+/// Close code for a client that fell too far behind (documented in docs/PROTOCOL.md).
+pub const SLOW_CONSUMER: u16 = 4001;
+/// Frames written to the socket before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// The sending half, cloned into every room the connection is in.
+#[derive(Clone)]
+pub struct Outbox {
+    frames: mpsc::UnboundedSender<Utf8Bytes>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+    closer: Arc<watch::Sender<Option<CloseFrame>>>,
+}
+
+/// The writing half, owned by the writer task.
+pub struct Writer {
+    frames: mpsc::UnboundedReceiver<Utf8Bytes>,
+    queued: Arc<AtomicUsize>,
+    close: watch::Receiver<Option<CloseFrame>>,
+}
+
+pub fn outbox(limit: usize) -> (Outbox, Writer) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let (closer, close) = watch::channel(None);
+    (
+        Outbox { frames: tx, queued: queued.clone(), limit, closer: Arc::new(closer) },
+        Writer { frames: rx, queued, close },
+    )
+}
+
+impl Outbox {
+    /// Queues a frame; false when the connection is closing or just overflowed.
+    pub fn push(&self, frame: Utf8Bytes) -> bool {
+        let len = frame.len();
+        let queued = self.queued.fetch_add(len, Ordering::Relaxed) + len;
+        if queued > self.limit {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            if self.close(SLOW_CONSUMER, "slow consumer: send queue full") {
+                METRICS.slow_consumer_disconnects.increment(1);
+            }
+            return false;
+        }
+        METRICS.send_queue_bytes.increment(len as f64);
+        self.frames.send(frame).is_ok()
+    }
+
+    pub fn push_json(&self, json: String) -> bool {
+        self.push(Utf8Bytes::from(json))
+    }
+
+    /// Asks the writer to close the connection with `code`; true if this call did it.
+    pub fn close(&self, code: u16, reason: &'static str) -> bool {
+        self.closer.send_if_modified(|close| {
+            if close.is_some() {
+                return false;
+            }
+            *close = Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() });
+            true
+        })
+    }
+
+    /// The close code asked for, if any.
+    pub fn closing(&self) -> Option<u16> {
+        self.closer.borrow().as_ref().map(|frame| u16::from(frame.code))
+    }
+
+    pub fn closed(&self) -> watch::Receiver<Option<CloseFrame>> {
+        self.closer.subscribe()
+    }
+}
+
+impl Writer {
+    /// Writes queued frames until the queue ends, the socket fails, or a close is asked
+    /// for; a close is sent even past a stalled queue, with a 1 s limit.
+    pub async fn run<S>(self, mut sink: S)
+    where
+        S: Sink<Message> + Unpin,
+    {
+        let Writer { mut frames, queued, mut close } = self;
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = crate::wait_until(&mut close, Option::is_some) => break,
+                first = frames.recv() => match first {
+                    Some(first) => first,
+                    None => break,
+                },
+            };
+            let sent = tokio::select! {
+                biased;
+                _ = crate::wait_until(&mut close, Option::is_some) => break,
+                sent = write_batch(&mut sink, &mut frames, &queued, first) => sent,
+            };
+            if !sent {
+                break;
+            }
+        }
+        let frame = close.borrow().clone();
+        if let Some(frame) = frame {
+            let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+        let left = queued.swap(0, Ordering::Relaxed);
+        METRICS.send_queue_bytes.decrement(left as f64);
+    }
+}
+
+/// Writes `first` and whatever else is queued (up to [`WRITE_BATCH`]), then flushes once.
+async fn write_batch<S>(
+    sink: &mut S,
+    frames: &mut mpsc::UnboundedReceiver<Utf8Bytes>,
+    queued: &AtomicUsize,
+    first: Utf8Bytes,
+) -> bool
+where
+    S: Sink<Message> + Unpin,
+{
+    let mut bytes = first.len();
+    let mut count = 1;
+    if sink.feed(Message::Text(first)).await.is_err() {
+        return false;
+    }
+    while count < WRITE_BATCH {
+        let Ok(next) = frames.try_recv() else { break };
+        bytes += next.len();
+        count += 1;
+        if sink.feed(Message::Text(next)).await.is_err() {
+            return false;
+        }
+    }
+    let flushed = sink.flush().await.is_ok();
+    queued.fetch_sub(bytes, Ordering::Relaxed);
+    METRICS.send_queue_bytes.decrement(bytes as f64);
+    METRICS.frames_sent_ws.increment(count as u64);
+    flushed
+}

@@ -1,0 +1,135 @@
+//! The `/ws` client protocol: JSON text frames, one object each (docs/PROTOCOL.md).
+
+use roomcast_proto::ChatMessage;
+use serde::{Deserialize, Serialize};
+
+use crate::limits::Limits;
+
+/// What a client may send.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    Join { room: String, since: Option<u64> },
+    Leave { room: String },
+    Send { room: String, text: String, client_id: Option<String> },
+    History { room: String, before: Option<u64>, limit: Option<u32> },
+}
+
+const CLIENT_TYPES: &[&str] = &["join", "leave", "send", "history"];
+
+/// Why a client frame was refused; `code` goes to the client, `kind` to the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: &'static str, kind: &'static str, message: impl Into<String>) -> Self {
+        Self { code, kind, message: message.into() }
+    }
+}
+
+/// Decodes and validates one text frame.
+pub fn decode(text: &str, limits: &Limits) -> Result<ClientFrame, Refusal> {
+    if text.len() > limits.max_frame_bytes {
+        return Err(Refusal::new(
+            "too_large",
+            "too_large",
+            format!("frame is {} bytes; the limit is {}", text.len(), limits.max_frame_bytes),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|err| Refusal::new("bad_request", "invalid_json", format!("frame is not valid JSON: {err}")))?;
+    let kind = value.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_owned();
+    if !CLIENT_TYPES.contains(&kind.as_str()) {
+        return Err(Refusal::new(
+            "bad_request",
+            "unknown_type",
+            format!("unknown frame type {kind:?}; expected one of {}", CLIENT_TYPES.join(", ")),
+        ));
+    }
+    let frame: ClientFrame = serde_json::from_value(value)
+        .map_err(|err| Refusal::new("bad_request", "invalid_field", format!("bad {kind} frame: {err}")))?;
+    frame.validate(limits)?;
+    Ok(frame)
+}
+
+impl ClientFrame {
+    fn validate(&self, limits: &Limits) -> Result<(), Refusal> {
+        match self {
+            ClientFrame::Join { room, .. } | ClientFrame::Leave { room } | ClientFrame::History { room, .. } => {
+                limits.check_room(room)
+            }
+            ClientFrame::Send { room, text, client_id } => {
+                limits.check_room(room)?;
+                limits.check_text(text)?;
+                match client_id {
+                    Some(id) if id.is_empty() || id.len() > limits.max_client_id_bytes => Err(Refusal::new(
+                        "bad_request",
+                        "invalid_field",
+                        format!("client_id must be 1 to {} bytes", limits.max_client_id_bytes),
+                    )),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// A message as clients see it (tombstones are never shown).
+#[derive(Debug, Serialize)]
+pub struct WireMessage<'a> {
+    pub room: &'a str,
+    pub seq: u64,
+    pub id: &'a str,
+    pub user: &'a str,
+    pub text: &'a str,
+    pub ts: i64,
+}
+
+impl<'a> From<&'a ChatMessage> for WireMessage<'a> {
+    fn from(m: &'a ChatMessage) -> Self {
+        WireMessage { room: &m.room, seq: m.seq, id: &m.id, user: &m.user, text: &m.text, ts: m.ts }
+    }
+}
+
+/// What the server sends.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    Joined {
+        room: &'a str,
+        messages: Vec<WireMessage<'a>>,
+        /// True when more was missed than one join recovers: join again with `since`.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    Message(WireMessage<'a>),
+    Ack { client_id: &'a str, room: &'a str, seq: u64, id: &'a str, ts: i64 },
+    History { room: &'a str, messages: Vec<WireMessage<'a>> },
+    Left { room: &'a str },
+    Error {
+        code: &'a str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
+    },
+}
+
+impl ServerFrame<'_> {
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail: no maps with non-string keys.
+        serde_json::to_string(self).unwrap_or_else(|err| {
+            format!(r#"{{"type":"error","code":"internal","message":"cannot encode reply: {err}"}}"#)
+        })
+    }
+}
+
+/// The visible messages of a page, oldest first.
+pub fn visible(messages: &[ChatMessage]) -> Vec<WireMessage<'_>> {
+    messages.iter().filter(|m| !m.tombstone).map(WireMessage::from).collect()
+}

@@ -1,0 +1,135 @@
+//! Groups single writes into batches: a batch closes when it is full or when its first
+//! message has waited `linger`. Every caller is answered only after its batch commits.
+//! The queue is bounded: when it is full, writes fail at once instead of piling up.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use roomcast_proto::ChatMessage;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::store::{Store, StoreError, WriteOutcome};
+
+#[derive(Debug, Clone)]
+pub struct BatcherConfig {
+    /// Most messages in one batch.
+    pub max_batch: usize,
+    /// How long the first message of a batch may wait for company.
+    pub linger: Duration,
+    /// Most messages waiting for a batch.
+    pub queue_capacity: usize,
+    /// Batches written at once.
+    pub max_in_flight: usize,
+    /// How long a failing batch is retried before its writers get the error.
+    pub retry_for: Duration,
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 256,
+            linger: Duration::from_millis(2),
+            queue_capacity: 10_000,
+            max_in_flight: 4,
+            retry_for: Duration::from_secs(3),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
+
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::Sender<(ChatMessage, Reply)>,
+}
+
+impl Batcher {
+    pub fn start(store: Arc<dyn Store>, config: BatcherConfig) -> Self {
+        let (queue, rx) = mpsc::channel(config.queue_capacity.max(1));
+        tokio::spawn(run(store, config, rx));
+        Self { queue }
+    }
+
+    /// Queues `msg` and waits until its batch is committed.
+    pub async fn write(&self, msg: ChatMessage) -> Result<WriteOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        match self.queue.try_send((msg, reply)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("roomcast_persister_queue_rejections_total").increment(1);
+                return Err(StoreError::Overloaded);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(StoreError::Unavailable("the batcher has stopped".into()));
+            }
+        }
+        metrics::gauge!("roomcast_persister_queue_depth").set(self.depth() as f64);
+        answer.await.map_err(|_| StoreError::Unavailable("the batcher dropped the write".into()))?
+    }
+
+    fn depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+}
+
+async fn run(store: Arc<dyn Store>, config: BatcherConfig, mut rx: mpsc::Receiver<(ChatMessage, Reply)>) {
+    let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + config.linger;
+        while batch.len() < config.max_batch {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(job)) => batch.push(job),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        metrics::gauge!("roomcast_persister_queue_depth").set(rx.len() as f64);
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let store = store.clone();
+        let retry_for = config.retry_for;
+        tokio::spawn(async move {
+            write(store.as_ref(), batch, retry_for).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn write(store: &dyn Store, batch: Vec<(ChatMessage, Reply)>, retry_for: Duration) {
+    let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    metrics::histogram!("roomcast_persister_batch_size").record(messages.len() as f64);
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    let result = loop {
+        match store.write_batch(&messages).await {
+            Ok(outcomes) => break Ok(outcomes),
+            Err(err) if started.elapsed() + backoff < retry_for => {
+                tracing::warn!(%err, batch = messages.len(), "batch write failed; retrying");
+                metrics::counter!("roomcast_persister_write_retries_total").increment(1);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(800));
+            }
+            Err(err) => break Err(err),
+        }
+    };
+    metrics::histogram!("roomcast_persister_batch_duration_seconds").record(started.elapsed());
+    match result {
+        Ok(outcomes) => {
+            for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                match &outcome {
+                    WriteOutcome::Stored(_) => metrics::counter!("roomcast_persister_documents_written_total").increment(1),
+                    WriteOutcome::Duplicate(_) => metrics::counter!("roomcast_persister_duplicates_total").increment(1),
+                    WriteOutcome::Conflict => metrics::counter!("roomcast_persister_write_errors_total", "kind" => "conflict").increment(1),
+                }
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(err) => {
+            tracing::error!(%err, batch = messages.len(), "batch write failed; writers get the error");
+            metrics::counter!("roomcast_persister_write_errors_total", "kind" => "unavailable")
+                .increment(messages.len() as u64);
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}

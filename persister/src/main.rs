@@ -1,0 +1,83 @@
+//! `persister`: batched, idempotent message writes and history on MongoDB, over gRPC.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use persister::{Archive, BatcherConfig, MongoStore, Persister, PersisterService};
+use roomcast_proto::persister_server::PersisterServer;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(version, about = "roomcast store tier: batched writes and history on MongoDB")]
+struct Args {
+    /// gRPC address the gateways connect to.
+    #[arg(long, env = "ROOMCAST_LISTEN", default_value = "0.0.0.0:50052")]
+    listen: SocketAddr,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "ROOMCAST_METRICS_LISTEN", default_value = "0.0.0.0:9092")]
+    metrics_listen: SocketAddr,
+    /// MongoDB connection string.
+    #[arg(long, env = "ROOMCAST_MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
+    mongodb: String,
+    /// Database holding the `messages` collection.
+    #[arg(long, env = "ROOMCAST_MONGODB_DATABASE", default_value = "roomcast")]
+    database: String,
+    /// Most messages in one insert_many.
+    #[arg(long, env = "ROOMCAST_BATCH_SIZE", default_value_t = 256)]
+    batch_size: usize,
+    /// How long a batch waits for more messages, in milliseconds.
+    #[arg(long, env = "ROOMCAST_BATCH_LINGER_MS", default_value_t = 2)]
+    batch_linger_ms: u64,
+    /// Most writes waiting for a batch; beyond it writes fail fast.
+    #[arg(long, env = "ROOMCAST_QUEUE_CAPACITY", default_value_t = 10_000)]
+    queue_capacity: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init_logging("persister");
+    let metrics = telemetry::init_metrics("persister")?;
+    let store = MongoStore::connect(&args.mongodb, &args.database).await?;
+    let (stop_tx, stop) = watch::channel(false);
+    let ready = telemetry::Readiness::default();
+    let admin = telemetry::bind(args.metrics_listen, "metrics").await?;
+    tokio::spawn(telemetry::serve_admin(admin, metrics, ready.clone(), stop.clone()));
+
+    // Indexes first: without them writes would not be idempotent.
+    let mut delay = Duration::from_millis(200);
+    while let Err(err) = store.ensure_indexes().await {
+        tracing::warn!(%err, "cannot create indexes yet; MongoDB may still be starting");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    let config = BatcherConfig {
+        max_batch: args.batch_size.max(1),
+        linger: Duration::from_millis(args.batch_linger_ms),
+        queue_capacity: args.queue_capacity.max(1),
+        ..BatcherConfig::default()
+    };
+    let persister = Persister::new(Arc::new(store), config);
+    let probe = persister.clone();
+    tokio::spawn(async move {
+        loop {
+            let ok = tokio::time::timeout(Duration::from_secs(2), probe.max_seq("_readyz")).await;
+            ready.set(matches!(ok, Ok(Ok(_))));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+
+    let listener = telemetry::bind(args.listen, "gRPC").await?;
+    tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, "persister serving");
+    tonic::transport::Server::builder()
+        .add_service(PersisterServer::new(PersisterService::new(persister)))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            telemetry::terminated().await;
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    tracing::info!("persister stopped");
+    Ok(())
+}

@@ -1,0 +1,480 @@
+//! Test harness: real processes on loopback. Redis (`redis-server`) and the MongoDB-wire
+//! server (`secantusd-py`, from `.tools/venv-secantus`, or `ROOMCAST_SECANTUSD`) are
+//! started per test on free ports; a missing binary fails the test.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream as TokioTcp;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+}
+
+fn target_dir() -> PathBuf {
+    // tests run from target/<profile>/deps/<name>; the binaries sit in target/<profile>.
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// A child process killed when dropped, with its output in test-output/logs.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    cmd: Vec<String>,
+}
+
+pub fn log_dir() -> PathBuf {
+    let dir = repo_root().join("test-output").join("logs");
+    std::fs::create_dir_all(&dir).expect("create test-output/logs");
+    dir
+}
+
+impl Proc {
+    pub fn spawn(name: &str, program: &Path, args: &[String]) -> Proc {
+        let mut cmd = vec![program.display().to_string()];
+        cmd.extend(args.iter().cloned());
+        let mut proc = Proc { name: name.to_owned(), child: None, cmd };
+        proc.start();
+        proc
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_dir().join(format!("{}.log", self.name)))
+            .expect("open log");
+        let child = Command::new(&self.cmd[0])
+            .args(&self.cmd[1..])
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err} ({:?})", self.name, self.cmd));
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// kill -9, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `limit` for the exit.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn wait_port(port: u16, what: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on port {port} within {limit:?}; see test-output/logs");
+}
+
+pub struct Redis {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Redis {
+    pub fn start(name: &str) -> Redis {
+        let port = free_port();
+        let program = which("redis-server").expect("redis-server is not installed: run scripts/setup-test-deps.sh");
+        let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>();
+        let proc = Proc::spawn(name, &program, &args);
+        wait_port(port, "redis-server", Duration::from_secs(10));
+        Redis { port, proc }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill and start again: Redis comes back empty (no persistence), as after a crash.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        std::thread::sleep(Duration::from_millis(300));
+        self.proc.start();
+        wait_port(self.port, "redis-server", Duration::from_secs(10));
+    }
+}
+
+pub struct Mongo {
+    pub port: u16,
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.exists())
+}
+
+impl Mongo {
+    pub fn start(name: &str) -> Mongo {
+        let program = std::env::var_os("ROOMCAST_SECANTUSD")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join(".tools/venv-secantus/bin/secantusd-py"));
+        assert!(program.exists(), "{} is missing: run scripts/setup-test-deps.sh", program.display());
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = vec![
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--storage-path".into(),
+            dir.path().display().to_string(),
+        ];
+        let proc = Proc::spawn(name, &program, &args);
+        wait_port(port, "secantusd-py", Duration::from_secs(60));
+        Mongo { port, proc, _dir: dir }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    pub async fn client(&self) -> mongodb::Client {
+        mongodb::Client::with_uri_str(self.uri()).await.expect("mongodb client")
+    }
+}
+
+/// persister + N × (fanout, gateway) over one Redis and one MongoDB-wire server.
+pub struct Stack {
+    pub redis: Redis,
+    pub mongo: Mongo,
+    pub database: String,
+    pub persister: Proc,
+    pub persister_port: u16,
+    pub fanouts: Vec<Proc>,
+    pub gateways: Vec<Proc>,
+    pub gateway_ports: Vec<u16>,
+    pub metrics_ports: HashMap<String, u16>,
+}
+
+impl Stack {
+    pub fn start(test: &str, gateways: usize) -> Stack {
+        let redis = Redis::start(&format!("{test}-redis"));
+        let mongo = Mongo::start(&format!("{test}-mongo"));
+        let database = format!("roomcast_{test}");
+        let mut metrics_ports = HashMap::new();
+        let persister_port = free_port();
+        let m = free_port();
+        metrics_ports.insert("persister".into(), m);
+        let persister = Proc::spawn(
+            &format!("{test}-persister"),
+            &bin("persister"),
+            &[
+                "--listen".into(),
+                format!("127.0.0.1:{persister_port}"),
+                "--metrics-listen".into(),
+                format!("127.0.0.1:{m}"),
+                "--mongodb".into(),
+                mongo.uri(),
+                "--database".into(),
+                database.clone(),
+            ],
+        );
+        let mut stack = Stack {
+            redis,
+            mongo,
+            database,
+            persister,
+            persister_port,
+            fanouts: Vec::new(),
+            gateways: Vec::new(),
+            gateway_ports: Vec::new(),
+            metrics_ports,
+        };
+        for i in 0..gateways {
+            stack.add_gateway(test, i);
+        }
+        for port in stack.gateway_ports.clone() {
+            wait_ready(port, Duration::from_secs(60));
+        }
+        stack
+    }
+
+    fn add_gateway(&mut self, test: &str, i: usize) {
+        let fanout_port = free_port();
+        let (fm, gm, gport) = (free_port(), free_port(), free_port());
+        self.metrics_ports.insert(format!("fanout-{i}"), fm);
+        self.metrics_ports.insert(format!("gateway-{i}"), gm);
+        self.fanouts.push(Proc::spawn(
+            &format!("{test}-fanout-{i}"),
+            &bin("fanout"),
+            &[
+                "--listen".into(),
+                format!("127.0.0.1:{fanout_port}"),
+                "--metrics-listen".into(),
+                format!("127.0.0.1:{fm}"),
+                "--redis".into(),
+                self.redis.url(),
+            ],
+        ));
+        self.gateways.push(Proc::spawn(
+            &format!("{test}-gateway-{i}"),
+            &bin("gateway"),
+            &[
+                "--listen".into(),
+                format!("127.0.0.1:{gport}"),
+                "--metrics-listen".into(),
+                format!("127.0.0.1:{gm}"),
+                "--fanout".into(),
+                format!("http://127.0.0.1:{fanout_port}"),
+                "--persister".into(),
+                format!("http://127.0.0.1:{}", self.persister_port),
+                "--drain-seconds".into(),
+                "2".into(),
+            ],
+        ));
+        self.gateway_ports.push(gport);
+    }
+
+    pub fn ws_url(&self, gateway: usize) -> String {
+        format!("ws://127.0.0.1:{}", self.gateway_ports[gateway])
+    }
+
+    pub fn persister_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.persister_port)
+    }
+
+    /// Every stored (non-tombstone) message id of a room, from MongoDB itself.
+    pub async fn stored_ids(&self, room: &str) -> Vec<String> {
+        use futures::TryStreamExt;
+        let client = self.mongo.client().await;
+        let coll = client.database(&self.database).collection::<mongodb::bson::Document>("messages");
+        let docs: Vec<mongodb::bson::Document> = coll
+            .find(mongodb::bson::doc! {"room": room, "tombstone": false})
+            .await
+            .expect("find")
+            .try_collect()
+            .await
+            .expect("collect");
+        docs.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_owned)).collect()
+    }
+}
+
+/// Blocks until GET /readyz answers 200.
+pub fn wait_ready(port: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if http_get(port, "/readyz").map(|(status, _)| status == 200).unwrap_or(false) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("port {port} did not become ready within {limit:?}; see test-output/logs");
+}
+
+/// A minimal HTTP/1.0 GET: (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A `/ws` client that records everything it receives.
+pub struct Client {
+    pub user: String,
+    ws: WebSocketStream<MaybeTlsStream<TokioTcp>>,
+    /// Every frame received, in order.
+    pub frames: Vec<Value>,
+}
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+impl Client {
+    pub async fn connect(base: &str, user: &str) -> Client {
+        let url = format!("{base}/ws?user={user}");
+        let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap_or_else(|err| panic!("connect {url}: {err}"));
+        Client { user: user.to_owned(), ws, frames: Vec::new() }
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.ws.send(Message::Text(value.to_string().into())).await.expect("send frame");
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(msg).await
+    }
+
+    pub async fn join(&mut self, room: &str, since: Option<u64>) -> Vec<Value> {
+        let frame = match since {
+            Some(since) => json!({"type": "join", "room": room, "since": since}),
+            None => json!({"type": "join", "room": room}),
+        };
+        self.send_json(frame).await;
+        let joined = self.wait_for(|f| f["type"] == "joined" && f["room"] == room).await;
+        joined["messages"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn send(&mut self, room: &str, text: &str, client_id: &str) {
+        self.send_json(json!({"type": "send", "room": room, "text": text, "client_id": client_id})).await;
+    }
+
+    /// Reads until a frame matches; panics after [`WAIT`].
+    pub async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(found) = self.frames.iter().find(|f| pred(f)) {
+            return found.clone();
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.next_frame())
+                .await
+                .unwrap_or_else(|_| panic!("{}: timed out waiting for a frame; last frames: {:?}", self.user, self.frames.iter().rev().take(5).collect::<Vec<_>>()));
+            match frame {
+                Some(frame) => {
+                    let hit = pred(&frame);
+                    self.frames.push(frame.clone());
+                    if hit {
+                        return frame;
+                    }
+                }
+                None => panic!("{}: connection closed while waiting", self.user),
+            }
+        }
+    }
+
+    /// The next JSON frame, or None when the connection ends.
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).expect("server sent invalid JSON")),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads until the connection closes; returns the close code.
+    pub async fn wait_close(&mut self) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next()).await.expect("timed out waiting for close");
+            match next {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Text(text))) => {
+                    if let Ok(v) = serde_json::from_str(&text) {
+                        self.frames.push(v);
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Reads until this client has `count` message frames for `room`.
+    pub async fn wait_messages(&mut self, room: &str, count: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.messages(room).len() < count {
+            match tokio::time::timeout_at(deadline, self.next_frame()).await {
+                Ok(Some(frame)) => self.frames.push(frame),
+                Ok(None) => panic!("{}: connection closed with {} of {count} messages", self.user, self.messages(room).len()),
+                Err(_) => panic!("{}: timed out with {} of {count} messages", self.user, self.messages(room).len()),
+            }
+        }
+    }
+
+    /// Reads whatever arrives within `quiet`, to catch duplicates that come late.
+    pub async fn settle(&mut self, quiet: Duration) {
+        while let Ok(Some(frame)) = tokio::time::timeout(quiet, self.next_frame()).await {
+            self.frames.push(frame);
+        }
+    }
+
+    /// (seq, id) of every live message frame received for `room`, in arrival order.
+    pub fn messages(&self, room: &str) -> Vec<(u64, String)> {
+        self.frames
+            .iter()
+            .filter(|f| f["type"] == "message" && f["room"] == room)
+            .map(|f| (f["seq"].as_u64().expect("seq"), f["id"].as_str().expect("id").to_owned()))
+            .collect()
+    }
+
+    pub fn acks(&self) -> Vec<Value> {
+        self.frames.iter().filter(|f| f["type"] == "ack").cloned().collect()
+    }
+
+    pub fn errors(&self) -> Vec<Value> {
+        self.frames.iter().filter(|f| f["type"] == "error").cloned().collect()
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
