@@ -30,7 +30,7 @@ pub struct Outbox {
 
 /// The writing half, owned by the writer task.
 pub struct Writer {
-    frames: mpsc::UnboundedReceiver<Utf8Bytes>,
+    pub(crate) frames: mpsc::UnboundedReceiver<Utf8Bytes>,
     queued: Arc<AtomicUsize>,
     close: watch::Receiver<Option<CloseFrame>>,
 }

@@ -133,3 +133,43 @@ impl ServerFrame<'_> {
 pub fn visible(messages: &[ChatMessage]) -> Vec<WireMessage<'_>> {
     messages.iter().filter(|m| !m.tombstone).map(WireMessage::from).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_documented_frames() {
+        let limits = Limits::default();
+        assert_eq!(
+            decode(r#"{"type":"join","room":"a","since":3}"#, &limits),
+            Ok(ClientFrame::Join { room: "a".into(), since: Some(3) })
+        );
+        assert_eq!(
+            decode(r#"{"type":"send","room":"a","text":"hi","client_id":"c"}"#, &limits),
+            Ok(ClientFrame::Send { room: "a".into(), text: "hi".into(), client_id: Some("c".into()) })
+        );
+        assert_eq!(decode(r#"{"type":"leave","room":"a"}"#, &limits), Ok(ClientFrame::Leave { room: "a".into() }));
+    }
+
+    #[test]
+    fn refuses_bad_frames_with_a_code_and_a_kind() {
+        let limits = Limits::default();
+        let kind = |text: &str| decode(text, &limits).err().map(|r| (r.code, r.kind));
+        assert_eq!(kind("nope"), Some(("bad_request", "invalid_json")));
+        assert_eq!(kind(r#"{"type":"dance"}"#), Some(("bad_request", "unknown_type")));
+        assert_eq!(kind(r#"{"type":"join","room":5}"#), Some(("bad_request", "invalid_field")));
+        assert_eq!(kind(r#"{"type":"join","room":"a","extra":1}"#), Some(("bad_request", "invalid_field")));
+        assert_eq!(kind(r#"{"type":"join","room":"a b"}"#), Some(("invalid_room", "invalid_field")));
+        assert_eq!(kind(&format!(r#"{{"type":"join","room":"{}"}}"#, "r".repeat(65))), Some(("invalid_room", "invalid_field")));
+        assert_eq!(kind(&"x".repeat(16 * 1024 + 1)), Some(("too_large", "too_large")));
+        assert_eq!(kind(r#"{"type":"send","room":"a","text":""}"#), Some(("bad_request", "invalid_field")));
+    }
+
+    #[test]
+    fn server_frames_match_the_protocol() {
+        let msg = ChatMessage { room: "a".into(), seq: 2, id: "i".into(), user: "u".into(), text: "<b>".into(), ts: 7, ..Default::default() };
+        let json: serde_json::Value = serde_json::from_str(&ServerFrame::Message(WireMessage::from(&msg)).to_json()).expect("json");
+        assert_eq!(json, serde_json::json!({"type":"message","room":"a","seq":2,"id":"i","user":"u","text":"<b>","ts":7}));
+    }
+}

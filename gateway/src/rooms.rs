@@ -399,3 +399,70 @@ pub fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::outbox;
+    use persister::{BatcherConfig, Persister, RedbStore};
+
+    fn msg(seq: u64) -> ChatMessage {
+        ChatMessage {
+            room: "r".into(),
+            seq,
+            id: format!("id{seq}"),
+            user: "u".into(),
+            text: format!("t{seq}"),
+            ts: now_millis(),
+            client_id: format!("c{seq}"),
+            tombstone: false,
+        }
+    }
+
+    async fn next_seq(frames: &mut mpsc::UnboundedReceiver<Utf8Bytes>) -> serde_json::Value {
+        let frame = tokio::time::timeout(Duration::from_secs(10), frames.recv()).await.expect("a frame in time").expect("open");
+        serde_json::from_str(&frame).expect("json")
+    }
+
+    #[tokio::test]
+    async fn reorders_fills_from_the_store_and_seals_holes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(RedbStore::open(dir.path()).expect("store"));
+        let archive = Arc::new(Persister::new(store, BatcherConfig::default()));
+        let (interests, _interest_rx) = mpsc::unbounded_channel();
+        let rooms = Rooms::new(archive.clone(), interests, Limits::default());
+        let (outbox, mut writer) = outbox(1 << 20);
+
+        rooms.join("r", 1, outbox, None);
+        let joined = next_seq(&mut writer.frames).await;
+        assert_eq!(joined["type"], "joined");
+
+        // Out of order from the broker: delivered in seq order.
+        for seq in [3, 1, 2] {
+            archive.write(msg(seq)).await.expect("write");
+        }
+        for seq in [3, 1, 2] {
+            rooms.deliver(msg(seq));
+        }
+        for want in 1..=3 {
+            assert_eq!(next_seq(&mut writer.frames).await["seq"], want);
+        }
+        // 4 is stored but its publish was lost; 5 arrives: 4 is read from the store.
+        archive.write(msg(4)).await.expect("write");
+        archive.write(msg(5)).await.expect("write");
+        rooms.deliver(msg(5));
+        assert_eq!(next_seq(&mut writer.frames).await["seq"], 4);
+        assert_eq!(next_seq(&mut writer.frames).await["seq"], 5);
+        // 6 was never stored: it is sealed, and 7 is delivered after it.
+        archive.write(msg(7)).await.expect("write");
+        rooms.deliver(msg(7));
+        assert_eq!(next_seq(&mut writer.frames).await["seq"], 7);
+        let sealed = archive.resolve("r", 6, 6).await.expect("resolve");
+        assert!(sealed[0].tombstone, "the hole is sealed in the store");
+        // A late copy of 2 is not delivered again.
+        rooms.deliver(msg(2));
+        archive.write(msg(8)).await.expect("write");
+        rooms.deliver(msg(8));
+        assert_eq!(next_seq(&mut writer.frames).await["seq"], 8);
+    }
+}

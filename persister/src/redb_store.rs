@@ -170,3 +170,41 @@ impl Store for RedbStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64, id: &str, client_id: &str) -> ChatMessage {
+        ChatMessage { room: "r".into(), seq, id: id.into(), user: "u".into(), text: "t".into(), ts: 1, client_id: client_id.into(), tombstone: false }
+    }
+
+    #[tokio::test]
+    async fn write_rules_history_and_resolve() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(dir.path()).expect("open");
+        let outcomes = store
+            .write_batch(&[msg(1, "a", "c1"), msg(1, "a", "c1"), msg(2, "b", "c1"), msg(1, "x", "c9")])
+            .await
+            .expect("write");
+        assert_eq!(outcomes[0], WriteOutcome::Stored(msg(1, "a", "c1")));
+        assert_eq!(outcomes[1], WriteOutcome::Stored(msg(1, "a", "c1")), "same message twice is harmless");
+        assert_eq!(outcomes[2], WriteOutcome::Duplicate(msg(1, "a", "c1")), "same client send: first copy wins");
+        assert_eq!(outcomes[3], WriteOutcome::Conflict, "seq 1 belongs to another message");
+        assert_eq!(store.max_seq("r").await.expect("max"), 2, "the duplicate's seq is sealed");
+
+        store.write_batch(&[msg(3, "c", "c3"), msg(5, "e", "c5")]).await.expect("write");
+        let page = |before, after, limit| HistoryQuery { room: "r".into(), before, after, limit };
+        let seqs = |v: Vec<ChatMessage>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(store.history(&page(None, None, 2)).await.expect("newest")), vec![3, 5]);
+        assert_eq!(seqs(store.history(&page(Some(3), None, 10)).await.expect("before")), vec![1, 2]);
+        assert_eq!(seqs(store.history(&page(None, Some(2), 10)).await.expect("after")), vec![3, 5]);
+        let resolved = store.resolve("r", 3, 5).await.expect("resolve");
+        assert_eq!(resolved.iter().map(|m| (m.seq, m.tombstone)).collect::<Vec<_>>(), vec![(3, false), (4, true), (5, false)]);
+        assert!(store.resolve("r", 0, 5).await.is_err(), "seqs start at 1");
+
+        drop(store);
+        let reopened = RedbStore::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.max_seq("r").await.expect("max"), 5, "data survives a reopen");
+    }
+}
