@@ -1,0 +1,535 @@
+#!/usr/bin/env python3
+"""Generates the roomcast Grafana dashboards (overview.json, gateway.json, fanout.json,
+persister.json) in this folder.
+
+The JSON files are the deliverable and are committed; this script is how they are kept
+consistent (ids, grid layout, filters, datasource references). Edit the panels here, then run
+
+    python3 dashboards/gen_dashboards.py
+
+`check.py static` fails if a committed JSON differs from what this script generates.
+Only the metric names of docs/INTERFACES-DRAFT.md may be used.
+Standard library only.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+F = 'namespace="$namespace", pod=~"$pod"'
+RI = "$__rate_interval"
+
+
+# --------------------------------------------------------------------------- PromQL helpers
+def sel(metric: str, extra: str = "") -> str:
+    """A selector carrying the dashboard filters, plus `extra` matchers."""
+    return f"{metric}{{{extra + ', ' if extra else ''}{F}}}"
+
+
+def rate(metric: str, extra: str = "") -> str:
+    return f"rate({sel(metric, extra)}[{RI}])"
+
+
+def srate(metric: str, by: str = "", extra: str = "") -> str:
+    grp = f"sum by ({by}) " if by else "sum "
+    return f"{grp}({rate(metric, extra)})"
+
+
+def quantile(q: float, hist: str, by: str = "", extra: str = "") -> str:
+    labels = f"{by}, le" if by else "le"
+    return f"histogram_quantile({q}, sum by ({labels}) ({rate(hist + '_bucket', extra)}))"
+
+
+def ratio(num: str, den: str) -> str:
+    return f"{num}\n/\n{den}"
+
+
+# --------------------------------------------------------------------------- panel builders
+class Board:
+    """Collects rows and panels, numbering panel ids and laying out the grid."""
+
+    def __init__(self) -> None:
+        self.panels: list[dict] = []
+        self.next_id = 1
+        self.y = 0
+        self.x = 0
+        self.row_h = 0
+
+    def _id(self) -> int:
+        pid = self.next_id
+        self.next_id += 1
+        return pid
+
+    def row(self, title: str) -> None:
+        self._newline()
+        self.panels.append({
+            "type": "row",
+            "id": self._id(),
+            "title": title,
+            "collapsed": False,
+            "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y},
+            "panels": [],
+        })
+        self.y += 1
+
+    def _newline(self) -> None:
+        if self.x:
+            self.y += self.row_h
+            self.x = 0
+            self.row_h = 0
+
+    def _place(self, w: int, h: int) -> dict:
+        if self.x + w > 24:
+            self._newline()
+        pos = {"h": h, "w": w, "x": self.x, "y": self.y}
+        self.x += w
+        self.row_h = max(self.row_h, h)
+        return pos
+
+    def add(self, panel: dict, w: int = 8, h: int = 8) -> None:
+        panel["id"] = self._id()
+        panel["gridPos"] = self._place(w, h)
+        # key order: stable and readable
+        ordered = {k: panel[k] for k in ("type", "id", "title", "description", "datasource", "gridPos") if k in panel}
+        ordered.update({k: v for k, v in panel.items() if k not in ordered})
+        self.panels.append(ordered)
+
+
+def targets(*queries: tuple[str, str]) -> list[dict]:
+    out = []
+    for i, (expr, legend) in enumerate(queries):
+        out.append({
+            "datasource": DS,
+            "editorMode": "code",
+            "expr": expr,
+            "legendFormat": legend,
+            "range": True,
+            "refId": chr(ord("A") + i),
+        })
+    return out
+
+
+def timeseries(title: str, desc: str, queries: list[tuple[str, str]], unit: str = "short",
+               stack: bool = False, min0: bool = True) -> dict:
+    custom = {
+        "drawStyle": "line",
+        "lineWidth": 1,
+        "fillOpacity": 10,
+        "showPoints": "never",
+        "spanNulls": False,
+        "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+    }
+    defaults: dict = {"unit": unit, "custom": custom}
+    if min0:
+        defaults["min"] = 0
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": desc,
+        "datasource": DS,
+        "targets": targets(*queries),
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": []},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+    }
+
+
+def stat(title: str, desc: str, query: tuple[str, str], unit: str = "short",
+         steps: list[tuple[str, float | None]] | None = None, calc: str = "lastNotNull") -> dict:
+    steps = steps or [("green", None)]
+    return {
+        "type": "stat",
+        "title": title,
+        "description": desc,
+        "datasource": DS,
+        "targets": targets(query),
+        "fieldConfig": {
+            "defaults": {
+                "unit": unit,
+                "color": {"mode": "thresholds"},
+                "thresholds": {
+                    "mode": "absolute",
+                    "steps": [{"color": c, "value": v} for c, v in steps],
+                },
+            },
+            "overrides": [],
+        },
+        "options": {
+            "reduceOptions": {"calcs": [calc], "fields": "", "values": False},
+            "colorMode": "background",
+            "graphMode": "area",
+            "justifyMode": "auto",
+            "textMode": "auto",
+            "orientation": "auto",
+        },
+    }
+
+
+def heatmap(title: str, desc: str, hist: str, unit: str = "s") -> dict:
+    return {
+        "type": "heatmap",
+        "title": title,
+        "description": desc,
+        "datasource": DS,
+        "targets": [{
+            "datasource": DS,
+            "editorMode": "code",
+            "expr": f"sum by (le) (increase({sel(hist + '_bucket')}[{RI}]))",
+            "format": "heatmap",
+            "legendFormat": "{{le}}",
+            "range": True,
+            "refId": "A",
+        }],
+        "options": {
+            "calculate": False,
+            "yAxis": {"unit": unit},
+            "cellGap": 1,
+            "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64},
+            "tooltip": {"mode": "single", "yHistogram": True},
+            "legend": {"show": True},
+        },
+    }
+
+
+# --------------------------------------------------------------------------- dashboard shell
+def variables(pod_metric: str, pod_extra: str = "") -> dict:
+    pod_sel = f'{pod_metric}{{{pod_extra + ", " if pod_extra else ""}namespace="$namespace"}}'
+    return {"list": [
+        {
+            "type": "datasource",
+            "name": "datasource",
+            "label": "Data source",
+            "query": "prometheus",
+            "hide": 0,
+            "refresh": 1,
+            "regex": "",
+            "includeAll": False,
+            "multi": False,
+        },
+        {
+            "type": "query",
+            "name": "namespace",
+            "label": "Namespace",
+            "datasource": DS,
+            "query": "label_values(roomcast_build_info, namespace)",
+            "refresh": 2,
+            "sort": 1,
+            "hide": 0,
+            "regex": "",
+            "includeAll": False,
+            "multi": False,
+        },
+        {
+            "type": "query",
+            "name": "pod",
+            "label": "Pod",
+            "datasource": DS,
+            "query": f"label_values({pod_sel}, pod)",
+            "refresh": 2,
+            "sort": 1,
+            "hide": 0,
+            "regex": "",
+            "includeAll": True,
+            "multi": True,
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        },
+    ]}
+
+
+def dashboard(uid: str, title: str, desc: str, board: Board, pod_metric: str, pod_extra: str = "") -> dict:
+    return {
+        "uid": uid,
+        "title": title,
+        "description": desc,
+        "tags": ["roomcast"],
+        "timezone": "browser",
+        "editable": True,
+        "graphTooltip": 1,
+        "fiscalYearStartMonth": 0,
+        "liveNow": False,
+        "refresh": "30s",
+        "schemaVersion": 39,
+        "version": 1,
+        "time": {"from": "now-1h", "to": "now"},
+        "timepicker": {},
+        "annotations": {"list": [{
+            "builtIn": 1,
+            "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+            "enable": True,
+            "hide": True,
+            "iconColor": "rgba(0, 211, 255, 1)",
+            "name": "Annotations & Alerts",
+            "type": "dashboard",
+        }]},
+        "links": [{
+            "type": "dashboards",
+            "title": "roomcast",
+            "tags": ["roomcast"],
+            "asDropdown": True,
+            "includeVars": True,
+            "keepTime": True,
+            "icon": "external link",
+            "targetBlank": False,
+            "tooltip": "",
+            "url": "",
+        }],
+        "templating": variables(pod_metric, pod_extra),
+        "panels": board.panels,
+    }
+
+
+def process_row(b: Board) -> None:
+    b.row("Process: CPU, memory, file descriptors")
+    b.add(timeseries("CPU", "CPU seconds used per second, per pod (1.0 = one full core).",
+                     [(f"sum by (pod) ({rate('process_cpu_seconds_total')})", "{{pod}}")], unit="short"))
+    b.add(timeseries("Resident memory", "Resident set size per pod.",
+                     [(f"sum by (pod) ({sel('process_resident_memory_bytes')})", "{{pod}}")], unit="bytes"))
+    b.add(timeseries("Open file descriptors", "Open file descriptors and the fd limit (process_max_fds), per pod. Each client connection holds one fd on a gateway.",
+                     [(f"sum by (pod) ({sel('process_open_fds')})", "{{pod}} open"),
+                      (f"sum by (pod) ({sel('process_max_fds')})", "{{pod}} limit")]))
+
+
+def build_info_stat(b: Board, w: int = 8) -> None:
+    b.add(stat("Running versions", "Pods per service and version (roomcast_build_info).",
+               (f"count by (service, version) ({sel('roomcast_build_info')})", "{{service}} {{version}}"),
+               steps=[("blue", None)]), w=w, h=4)
+
+
+# --------------------------------------------------------------------------- overview
+def overview() -> dict:
+    b = Board()
+    b.row("At a glance")
+    b.add(stat("Ready gateways", "Gateways whose /readyz is 200 (sum of roomcast_gateway_ready). 0 = nobody can connect.",
+               (f"sum({sel('roomcast_gateway_ready')})", "ready"), steps=[("red", None), ("green", 1)]), w=4, h=4)
+    b.add(stat("Open connections", "WebSocket and Socket.IO connections open on all gateways.",
+               (f"sum({sel('roomcast_gateway_connections')})", "connections"), steps=[("blue", None)]), w=4, h=4)
+    b.add(stat("Client sends/s", "Messages sent by clients, per second, all results.",
+               (srate("roomcast_gateway_messages_sent_total"), "sends/s"), unit="reqps", steps=[("blue", None)]), w=4, h=4)
+    b.add(stat("Delivery p99", "99th percentile of message timestamp to delivery on a gateway.",
+               (quantile(0.99, "roomcast_gateway_delivery_latency_seconds"), "p99"), unit="s",
+               steps=[("green", None), ("orange", 0.25), ("red", 0.5)]), w=4, h=4)
+    b.add(stat("Redis up (worst fanout)", "min of roomcast_fanout_redis_up over fanout pods: 0 = some fanout cannot reach Redis.",
+               (f"min({sel('roomcast_fanout_redis_up')})", "redis up"), steps=[("red", None), ("green", 1)]), w=4, h=4)
+    b.add(stat("Persister queue (max)", "Deepest persister write queue (messages waiting for a batch).",
+               (f"max({sel('roomcast_persister_queue_depth')})", "queue"),
+               steps=[("green", None), ("orange", 1000), ("red", 5000)]), w=4, h=4)
+
+    b.row("1. Client send (gateway ingress)")
+    b.add(timeseries("Client sends by result", "roomcast_gateway_messages_sent_total: acked = the send was sequenced and published; error = the client got an error.",
+                     [(srate("roomcast_gateway_messages_sent_total", "result"), "{{result}}")], unit="reqps", stack=True))
+    b.add(timeseries("Send error ratio", "Share of client sends answered with an error.",
+                     [(ratio(srate("roomcast_gateway_messages_sent_total", extra='result="error"'),
+                             srate("roomcast_gateway_messages_sent_total")), "error ratio")], unit="percentunit"))
+    b.add(timeseries("Bad frames by kind", "Frames rejected by the gateway (invalid JSON, unknown type, too large, invalid field, binary).",
+                     [(srate("roomcast_gateway_bad_frames_total", "kind"), "{{kind}}")], unit="reqps", stack=True))
+
+    b.row("2. Publish (gateway -> fanout -> Redis)")
+    b.add(timeseries("Fanout publishes by result", "Publishes to Redis by the fanout tier.",
+                     [(srate("roomcast_fanout_publishes_total", "result"), "{{result}}")], unit="reqps", stack=True))
+    b.add(timeseries("Publish latency", "Gateway -> fanout gRPC call (p99, by method) and fanout -> Redis publish (p50, p99).",
+                     [(quantile(0.99, "roomcast_gateway_upstream_request_duration_seconds", "method", 'upstream="fanout"'), "gateway->fanout {{method}} p99"),
+                      (quantile(0.5, "roomcast_fanout_publish_duration_seconds"), "redis publish p50"),
+                      (quantile(0.99, "roomcast_fanout_publish_duration_seconds"), "redis publish p99")], unit="s"))
+    b.add(timeseries("Redis connectivity", "roomcast_fanout_redis_up per fanout pod (1 = connected), and Redis reconnects per second.",
+                     [(f"max by (pod) ({sel('roomcast_fanout_redis_up')})", "{{pod}} up"),
+                      (srate("roomcast_fanout_redis_reconnects_total"), "reconnects/s")]))
+
+    b.row("3. Delivery (Redis -> fanout -> gateway -> client)")
+    b.add(timeseries("Deliveries", "Messages streamed by fanout to gateways, and delivered by gateways to clients (one per recipient connection).",
+                     [(srate("roomcast_fanout_deliveries_total"), "fanout -> gateways"),
+                      (srate("roomcast_gateway_deliveries_total"), "gateways -> clients")], unit="ops"), w=6)
+    b.add(timeseries("End-to-end delivery latency", "Message timestamp to delivery on a gateway: p50, p90, p99.",
+                     [(quantile(0.5, "roomcast_gateway_delivery_latency_seconds"), "p50"),
+                      (quantile(0.9, "roomcast_gateway_delivery_latency_seconds"), "p90"),
+                      (quantile(0.99, "roomcast_gateway_delivery_latency_seconds"), "p99")], unit="s"), w=6)
+    b.add(timeseries("Slow-consumer disconnects", "Clients disconnected because their send queue overflowed, per second.",
+                     [(srate("roomcast_gateway_slow_consumer_disconnects_total"), "disconnects/s")], unit="reqps"), w=6)
+    b.add(timeseries("Send queue", "Bytes queued for clients, summed over all gateways.",
+                     [(f"sum({sel('roomcast_gateway_send_queue_bytes')})", "queued")], unit="bytes"), w=6)
+
+    b.row("4. Persistence (gateway -> persister -> MongoDB)")
+    b.add(timeseries("Documents written", "Messages stored, and duplicates absorbed (retries of already stored messages).",
+                     [(srate("roomcast_persister_documents_written_total"), "written"),
+                      (srate("roomcast_persister_duplicates_total"), "duplicates")], unit="ops"))
+    b.add(timeseries("Write errors and rejections", "Messages whose write failed after retries (by kind), and writes refused because the queue was full.",
+                     [(srate("roomcast_persister_write_errors_total", "kind"), "error {{kind}}"),
+                      (srate("roomcast_persister_queue_rejections_total"), "queue full")], unit="ops"))
+    b.add(timeseries("Persist latency", "Batch write to MongoDB (p99) and the gateway's persister calls (p99, by method).",
+                     [(quantile(0.99, "roomcast_persister_batch_duration_seconds"), "batch write p99"),
+                      (quantile(0.99, "roomcast_gateway_upstream_request_duration_seconds", "method", 'upstream="persister"'), "gateway->persister {{method}} p99")], unit="s"))
+    b.add(timeseries("Persister queue depth", "Messages waiting for a batch, per persister pod.",
+                     [(f"max by (pod) ({sel('roomcast_persister_queue_depth')})", "{{pod}}")]), w=12)
+    b.add(timeseries("Upstream errors from gateways", "Failed gRPC calls from gateways, by upstream and method.",
+                     [(srate("roomcast_gateway_upstream_errors_total", "upstream, method"), "{{upstream}} {{method}}")], unit="reqps"), w=12)
+
+    process_row(b)
+    build_info_stat(b, w=24)
+    return dashboard("roomcast-overview", "roomcast / Overview",
+                     "Golden signals along the whole message path: client send -> fanout/Redis publish -> gateway delivery, and -> persister/MongoDB.",
+                     b, "roomcast_build_info")
+
+
+# --------------------------------------------------------------------------- gateway
+def gateway() -> dict:
+    b = Board()
+    b.row("Connections")
+    b.add(timeseries("Open connections by protocol", "roomcast_gateway_connections.",
+                     [(f"sum by (protocol) ({sel('roomcast_gateway_connections')})", "{{protocol}}")], stack=True))
+    b.add(timeseries("Connects by protocol", "New connections per second.",
+                     [(srate("roomcast_gateway_connects_total", "protocol"), "{{protocol}}")], unit="reqps"))
+    b.add(timeseries("Disconnects by reason", "client_close, error, slow_consumer, drain, protocol_error, limit.",
+                     [(srate("roomcast_gateway_disconnects_total", "reason"), "{{reason}}")], unit="reqps", stack=True))
+    b.add(timeseries("Ready", "roomcast_gateway_ready per pod (1 = /readyz answers 200).",
+                     [(f"max by (pod) ({sel('roomcast_gateway_ready')})", "{{pod}}")]), w=12)
+    b.add(timeseries("Rooms with local members", "roomcast_gateway_rooms per pod.",
+                     [(f"sum by (pod) ({sel('roomcast_gateway_rooms')})", "{{pod}}")]), w=12)
+
+    b.row("Frames and messages")
+    b.add(timeseries("Frames in / out", "WebSocket/Socket.IO frames received from and sent to clients.",
+                     [(srate("roomcast_gateway_frames_received_total", "protocol"), "in {{protocol}}"),
+                      (srate("roomcast_gateway_frames_sent_total", "protocol"), "out {{protocol}}")], unit="reqps"))
+    b.add(timeseries("Client sends by result", "acked or error.",
+                     [(srate("roomcast_gateway_messages_sent_total", "result"), "{{result}}")], unit="reqps", stack=True))
+    b.add(timeseries("Bad frames by kind", "Frames the gateway rejected.",
+                     [(srate("roomcast_gateway_bad_frames_total", "kind"), "{{kind}}")], unit="reqps", stack=True))
+
+    b.row("Delivery")
+    b.add(timeseries("Deliveries to clients", "Messages written to client connections per second, per pod.",
+                     [(srate("roomcast_gateway_deliveries_total", "pod"), "{{pod}}")], unit="ops"))
+    b.add(timeseries("Delivery latency", "Message timestamp to delivery: p50, p90, p99.",
+                     [(quantile(0.5, "roomcast_gateway_delivery_latency_seconds"), "p50"),
+                      (quantile(0.9, "roomcast_gateway_delivery_latency_seconds"), "p90"),
+                      (quantile(0.99, "roomcast_gateway_delivery_latency_seconds"), "p99")], unit="s"))
+    b.add(heatmap("Delivery latency distribution", "Histogram buckets of roomcast_gateway_delivery_latency_seconds.",
+                  "roomcast_gateway_delivery_latency_seconds"))
+
+    b.row("Backpressure")
+    b.add(timeseries("Send queue", "Bytes queued for clients, per pod (sum over connections).",
+                     [(f"sum by (pod) ({sel('roomcast_gateway_send_queue_bytes')})", "{{pod}}")], unit="bytes"))
+    b.add(timeseries("Slow-consumer disconnects", "Clients disconnected because their send queue overflowed.",
+                     [(srate("roomcast_gateway_slow_consumer_disconnects_total", "pod"), "{{pod}}")], unit="reqps"))
+    b.add(timeseries("Gap fills by result", "Sequence gaps repaired from the persister: filled, sealed, error.",
+                     [(srate("roomcast_gateway_gap_fills_total", "result"), "{{result}}")], unit="reqps", stack=True))
+
+    b.row("Upstream gRPC (fanout, persister)")
+    b.add(timeseries("Calls by upstream and method", "gRPC calls per second (from the latency histogram's count).",
+                     [(srate("roomcast_gateway_upstream_request_duration_seconds_count", "upstream, method"), "{{upstream}} {{method}}")], unit="reqps"))
+    b.add(timeseries("Call latency p99", "p99 by upstream and method.",
+                     [(quantile(0.99, "roomcast_gateway_upstream_request_duration_seconds", "upstream, method"), "{{upstream}} {{method}}")], unit="s"))
+    b.add(timeseries("Call errors", "Failed calls per second, by upstream and method.",
+                     [(srate("roomcast_gateway_upstream_errors_total", "upstream, method"), "{{upstream}} {{method}}")], unit="reqps"))
+
+    process_row(b)
+    build_info_stat(b, w=24)
+    return dashboard("roomcast-gateway", "roomcast / Gateway",
+                     "WebSocket/Socket.IO gateways: connections, frames, delivery latency, backpressure, gRPC upstreams.",
+                     b, "roomcast_gateway_ready")
+
+
+# --------------------------------------------------------------------------- fanout
+def fanout() -> dict:
+    b = Board()
+    b.row("Publishes to Redis")
+    b.add(timeseries("Publishes by result", "roomcast_fanout_publishes_total.",
+                     [(srate("roomcast_fanout_publishes_total", "result"), "{{result}}")], unit="reqps", stack=True))
+    b.add(timeseries("Publish latency", "Redis publish duration: p50, p90, p99.",
+                     [(quantile(0.5, "roomcast_fanout_publish_duration_seconds"), "p50"),
+                      (quantile(0.9, "roomcast_fanout_publish_duration_seconds"), "p90"),
+                      (quantile(0.99, "roomcast_fanout_publish_duration_seconds"), "p99")], unit="s"))
+    b.add(timeseries("Publish error ratio", "Share of publishes that failed.",
+                     [(ratio(srate("roomcast_fanout_publishes_total", extra='result="error"'),
+                             srate("roomcast_fanout_publishes_total")), "error ratio")], unit="percentunit"))
+
+    b.row("Subscriptions and deliveries")
+    b.add(timeseries("Room subscriptions", "Rooms this fanout pod is subscribed to in Redis.",
+                     [(f"sum by (pod) ({sel('roomcast_fanout_room_subscriptions')})", "{{pod}}")]))
+    b.add(timeseries("Deliveries to gateways", "Messages streamed to gateways per second.",
+                     [(srate("roomcast_fanout_deliveries_total", "pod"), "{{pod}}")], unit="ops"))
+    b.add(timeseries("Connected gateways", "Gateway streams open on each fanout pod.",
+                     [(f"sum by (pod) ({sel('roomcast_fanout_gateways')})", "{{pod}}")]))
+
+    b.row("Redis")
+    b.add(timeseries("Redis up", "1 = connected to Redis, per pod.",
+                     [(f"max by (pod) ({sel('roomcast_fanout_redis_up')})", "{{pod}}")]))
+    b.add(timeseries("Redis reconnects", "Reconnections to Redis per second.",
+                     [(srate("roomcast_fanout_redis_reconnects_total", "pod"), "{{pod}}")], unit="reqps"))
+    b.add(timeseries("Redis errors by operation", "Errors from Redis per second, by operation.",
+                     [(srate("roomcast_fanout_redis_errors_total", "op"), "{{op}}")], unit="reqps", stack=True))
+
+    process_row(b)
+    build_info_stat(b, w=24)
+    return dashboard("roomcast-fanout", "roomcast / Fanout",
+                     "Fanout tier: publishes to Redis, room subscriptions, deliveries to gateways, Redis health.",
+                     b, "roomcast_build_info", 'service="fanout"')
+
+
+# --------------------------------------------------------------------------- persister
+def persister() -> dict:
+    b = Board()
+    b.row("Queue")
+    b.add(timeseries("Queue depth", "Messages waiting for a batch, per pod.",
+                     [(f"max by (pod) ({sel('roomcast_persister_queue_depth')})", "{{pod}}")]), w=12)
+    b.add(timeseries("Queue rejections", "Writes refused at once because the queue was full.",
+                     [(srate("roomcast_persister_queue_rejections_total", "pod"), "{{pod}}")], unit="reqps"), w=12)
+
+    b.row("Batches")
+    b.add(timeseries("Batch size", "Messages per batch: p50, p99, mean.",
+                     [(quantile(0.5, "roomcast_persister_batch_size"), "p50"),
+                      (quantile(0.99, "roomcast_persister_batch_size"), "p99"),
+                      (ratio(srate("roomcast_persister_batch_size_sum"), srate("roomcast_persister_batch_size_count")), "mean")]))
+    b.add(timeseries("Batch write latency", "Batch write to the store, retries included: p50, p99.",
+                     [(quantile(0.5, "roomcast_persister_batch_duration_seconds"), "p50"),
+                      (quantile(0.99, "roomcast_persister_batch_duration_seconds"), "p99")], unit="s"))
+    b.add(timeseries("Batches", "Batches written per second.",
+                     [(srate("roomcast_persister_batch_duration_seconds_count", "pod"), "{{pod}}")], unit="ops"))
+
+    b.row("Writes")
+    b.add(timeseries("Documents written and duplicates", "Stored messages, and duplicates absorbed.",
+                     [(srate("roomcast_persister_documents_written_total"), "written"),
+                      (srate("roomcast_persister_duplicates_total"), "duplicates")], unit="ops"))
+    b.add(timeseries("Write errors by kind", "Messages whose write failed after retries.",
+                     [(srate("roomcast_persister_write_errors_total", "kind"), "{{kind}}")], unit="ops", stack=True))
+    b.add(timeseries("Write retries", "Batch write attempts retried.",
+                     [(srate("roomcast_persister_write_retries_total", "pod"), "{{pod}}")], unit="ops"))
+
+    b.row("Queries")
+    b.add(timeseries("Query latency p99", "history, resolve, max_seq.",
+                     [(quantile(0.99, "roomcast_persister_query_duration_seconds", "query"), "{{query}} p99")], unit="s"), w=12)
+    b.add(timeseries("Queries", "Queries per second by kind.",
+                     [(srate("roomcast_persister_query_duration_seconds_count", "query"), "{{query}}")], unit="reqps"), w=12)
+
+    process_row(b)
+    build_info_stat(b, w=24)
+    return dashboard("roomcast-persister", "roomcast / Persister",
+                     "Persister tier: write queue, batching, MongoDB writes and errors, history queries.",
+                     b, "roomcast_build_info", 'service="persister"')
+
+
+BOARDS = {
+    "overview.json": overview,
+    "gateway.json": gateway,
+    "fanout.json": fanout,
+    "persister.json": persister,
+}
+
+
+def render(name: str) -> str:
+    return json.dumps(BOARDS[name](), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[1]) if len(argv) > 1 else HERE
+    for name in BOARDS:
+        (out / name).write_text(render(name), encoding="utf-8")
+        print(f"wrote {out / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
