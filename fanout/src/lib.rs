@@ -8,6 +8,7 @@
 mod broker;
 mod client;
 mod memory;
+pub mod metrics;
 mod redis_broker;
 mod registry;
 mod server;

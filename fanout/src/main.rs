@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init_logging("fanout");
     let metrics = telemetry::init_metrics("fanout")?;
+    fanout::metrics::describe();
     let broker = RedisBroker::open(&args.redis)?;
     let (stop_tx, stop) = watch::channel(false);
 

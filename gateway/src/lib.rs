@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use limits::Limits;
+pub use metrics::describe as describe_metrics;
 pub use protocol::{ClientFrame, Refusal};
 pub use session::SERVICE_RESTART;
 

@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init_logging("gateway");
     let metrics = telemetry::init_metrics("gateway")?;
+    gateway::describe_metrics();
     let broker = Arc::new(FanoutClient::new(&args.fanout)?);
     let archive = Arc::new(PersisterClient::new(&args.persister)?);
     let gateway = Gateway::start(broker, archive, Limits::default());

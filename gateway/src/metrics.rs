@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram, Unit};
 
 pub struct GatewayMetrics {
     pub send_queue_bytes: Gauge,
@@ -23,3 +23,44 @@ pub static METRICS: LazyLock<GatewayMetrics> = LazyLock::new(|| GatewayMetrics {
     deliveries: counter!("roomcast_gateway_deliveries_total"),
     delivery_latency: histogram!("roomcast_gateway_delivery_latency_seconds"),
 });
+
+/// Describes every gateway metric and puts the error series at zero, so dashboards and
+/// alerts see them before the first failure.
+pub fn describe() {
+    describe_gauge!("roomcast_gateway_connections", "Open client connections, by protocol.");
+    describe_counter!("roomcast_gateway_connects_total", "Client connections accepted, by protocol.");
+    describe_counter!("roomcast_gateway_disconnects_total", "Client connections ended, by protocol and reason.");
+    describe_counter!("roomcast_gateway_frames_received_total", "Frames received from clients, by protocol.");
+    describe_counter!("roomcast_gateway_frames_sent_total", "Frames written to clients, by protocol.");
+    describe_counter!("roomcast_gateway_messages_sent_total", "Client sends, by result (acked or error).");
+    describe_counter!("roomcast_gateway_bad_frames_total", "Client frames refused, by kind.");
+    describe_gauge!("roomcast_gateway_send_queue_bytes", "Bytes queued towards clients, all connections.");
+    describe_counter!("roomcast_gateway_slow_consumer_disconnects_total", "Clients closed for not reading fast enough.");
+    describe_counter!("roomcast_gateway_deliveries_total", "Messages handed to members.");
+    describe_histogram!("roomcast_gateway_delivery_latency_seconds", Unit::Seconds, "From a send's acceptance to its delivery, per message and gateway.");
+    describe_histogram!("roomcast_gateway_upstream_request_duration_seconds", Unit::Seconds, "gRPC calls to fanout and persister, by upstream and method.");
+    describe_counter!("roomcast_gateway_upstream_errors_total", "Failed gRPC calls, by upstream and method.");
+    describe_gauge!("roomcast_gateway_ready", "1 while ready (upstreams reachable, not draining).");
+    describe_gauge!("roomcast_gateway_rooms", "Rooms with members on this gateway.");
+    describe_counter!("roomcast_gateway_gap_fills_total", "Holes in a room's order read from the store, by result.");
+    LazyLock::force(&METRICS);
+    for result in ["acked", "error"] {
+        counter!("roomcast_gateway_messages_sent_total", "result" => result).absolute(0);
+    }
+    for result in ["filled", "sealed", "error"] {
+        counter!("roomcast_gateway_gap_fills_total", "result" => result).absolute(0);
+    }
+    for method in ["next_seq", "seed", "publish", "subscribe"] {
+        counter!("roomcast_gateway_upstream_errors_total", "upstream" => "fanout", "method" => method).absolute(0);
+    }
+    for method in ["write", "history", "resolve", "max_seq"] {
+        counter!("roomcast_gateway_upstream_errors_total", "upstream" => "persister", "method" => method).absolute(0);
+    }
+    for kind in ["invalid_json", "unknown_type", "invalid_field", "too_large", "binary", "limit", "rate_limited"] {
+        counter!("roomcast_gateway_bad_frames_total", "kind" => kind).absolute(0);
+    }
+    for reason in ["client_close", "error", "slow_consumer", "drain", "protocol_error"] {
+        counter!("roomcast_gateway_disconnects_total", "protocol" => "ws", "reason" => reason).absolute(0);
+    }
+    gauge!("roomcast_gateway_connections", "protocol" => "ws").set(0.0);
+}

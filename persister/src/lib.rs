@@ -8,6 +8,7 @@
 mod archive;
 mod batcher;
 mod client;
+pub mod metrics;
 mod mongo_store;
 mod redb_store;
 mod server;

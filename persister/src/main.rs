@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init_logging("persister");
     let metrics = telemetry::init_metrics("persister")?;
+    persister::metrics::describe();
     let store = MongoStore::connect(&args.mongodb, &args.database).await?;
     let (stop_tx, stop) = watch::channel(false);
     let ready = telemetry::Readiness::default();

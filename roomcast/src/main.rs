@@ -35,6 +35,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init_logging("roomcast");
     let metrics = telemetry::init_metrics("roomcast")?;
+    gateway::describe_metrics();
+    persister::metrics::describe();
     let store = RedbStore::open(&args.data_dir)?;
     let archive = Arc::new(Persister::new(Arc::new(store), BatcherConfig::default()));
     let gateway = Gateway::start(Arc::new(MemoryBroker::default()), archive, Limits::default());
