@@ -1,0 +1,439 @@
+#!/usr/bin/env python3
+"""Cross-reference checks on the rendered manifests of one overlay.
+
+    check_refs.py RENDERED.yaml [--name OVERLAY]
+
+Checks (each failure is one line, exit 1 if any):
+  service-selectors   every Service selector matches the pod labels of a workload,
+                      and every targetPort is a port of those pods
+  ingress-backends    every Ingress backend is a real Service and Service port;
+                      a GKE Ingress's Services use NEG (container-native LB)
+  backend-config      every cloud.google.com/backend-config annotation names a real
+                      BackendConfig (and a real Service port); none on an Ingress
+  hpa-pdb-targets     HPA scaleTargetRef (and container) exists; each PDB selects pods
+  monitor-targets     PodMonitor/ServiceMonitor select real pods/Services and ports
+  netpol-selectors    each non-empty NetworkPolicy podSelector selects pods
+  config-refs         every configMapKeyRef/secretKeyRef names an object and key
+  probes              probe paths and ports are the documented endpoints
+                      (docs/INTERFACES-DRAFT.md); the fanout is a native sidecar
+                      on localhost gRPC; the persister URL is a real Service port
+  drain               terminationGracePeriodSeconds >= preStop sleep + drain time
+                      (ROOMCAST_DRAIN_SECONDS); LB draining and timeout fit
+  hardening           every container: requests+limits, read-only root fs, no
+                      privilege escalation, ALL caps dropped, non-root, seccomp
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+# The documented endpoints (docs/INTERFACES-DRAFT.md, "Binaries, flags, env vars,
+# ports" and "HTTP endpoints"): container name -> port that serves the probes.
+ENDPOINTS = {
+    "gateway": {"port": 8080, "readiness": "/readyz", "liveness": "/healthz"},
+    "fanout": {"port": 9091, "readiness": "/readyz", "liveness": "/healthz"},
+    "persister": {"port": 9092, "readiness": "/readyz", "liveness": "/healthz"},
+}
+FANOUT_GRPC_PORT = 50051
+PERSISTER_GRPC_PORT = 50052
+DEFAULT_DRAIN_SECONDS = 20  # gateway --drain-seconds default
+MIN_WEBSOCKET_TIMEOUT = 3600  # BackendConfig timeoutSec: hours, not 300 s
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
+
+
+class Checker:
+    def __init__(self, docs):
+        self.docs = [d for d in docs if isinstance(d, dict)]
+        self.failures = []
+
+    def fail(self, check, msg):
+        self.failures.append((check, msg))
+
+    def of(self, kind):
+        return [d for d in self.docs if d.get("kind") == kind]
+
+    @staticmethod
+    def ns(d):
+        return d.get("metadata", {}).get("namespace", "default")
+
+    @staticmethod
+    def name(d):
+        return d.get("metadata", {}).get("name")
+
+    def find(self, kind, name, ns):
+        for d in self.of(kind):
+            if self.name(d) == name and self.ns(d) == ns:
+                return d
+        return None
+
+    def workloads(self):
+        return [d for d in self.docs if d.get("kind") in WORKLOADS]
+
+    @staticmethod
+    def pod_spec(w):
+        return w.get("spec", {}).get("template", {}).get("spec", {})
+
+    @staticmethod
+    def pod_labels(w):
+        return w.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {}) or {}
+
+    @staticmethod
+    def matches(selector, labels):
+        """selector: a LabelSelector ({matchLabels, matchExpressions}) or a plain map."""
+        if selector is None:
+            return False
+        if "matchLabels" in selector or "matchExpressions" in selector:
+            ml = selector.get("matchLabels") or {}
+            exprs = selector.get("matchExpressions") or []
+        else:
+            ml, exprs = selector, []
+        if not ml and not exprs:
+            return True
+        if any(labels.get(k) != v for k, v in ml.items()):
+            return False
+        for e in exprs:
+            k, op, vals = e["key"], e["operator"], e.get("values") or []
+            if op == "In" and labels.get(k) not in vals:
+                return False
+            if op == "NotIn" and labels.get(k) in vals:
+                return False
+            if op == "Exists" and k not in labels:
+                return False
+            if op == "DoesNotExist" and k in labels:
+                return False
+        return True
+
+    def selected_workloads(self, selector, ns):
+        return [w for w in self.workloads() if self.ns(w) == ns and self.matches(selector, self.pod_labels(w))]
+
+    def all_containers(self, w):
+        spec = self.pod_spec(w)
+        return list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
+
+    def serving_containers(self, w):
+        """Containers that run alongside the app: regular ones and native sidecars."""
+        spec = self.pod_spec(w)
+        sidecars = [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
+        return sidecars + list(spec.get("containers") or [])
+
+    def container_ports(self, w):
+        ports = {}
+        for c in self.serving_containers(w):
+            for p in c.get("ports") or []:
+                ports[p["containerPort"]] = p
+                if p.get("name"):
+                    ports[p["name"]] = p
+        return ports
+
+    def resolve_port(self, container, port):
+        if isinstance(port, int):
+            return port
+        for p in container.get("ports") or []:
+            if p.get("name") == port:
+                return p["containerPort"]
+        return None
+
+    # --- checks -------------------------------------------------------------
+
+    def service_selectors(self):
+        for s in self.of("Service"):
+            sel = s.get("spec", {}).get("selector")
+            if not sel:
+                continue
+            ws = self.selected_workloads(sel, self.ns(s))
+            if not ws:
+                self.fail("service-selectors", f"Service {self.name(s)}: selector {sel} matches no pod template")
+                continue
+            for p in s["spec"].get("ports") or []:
+                tp = p.get("targetPort", p.get("port"))
+                for w in ws:
+                    if tp not in self.container_ports(w):
+                        self.fail("service-selectors", f"Service {self.name(s)} port {p.get('name', p.get('port'))}: "
+                                  f"targetPort {tp} is not a container port of {w['kind']} {self.name(w)}")
+
+    def service_port(self, svc, port):
+        for p in svc.get("spec", {}).get("ports") or []:
+            if ("name" in port and p.get("name") == port["name"]) or \
+               ("number" in port and p.get("port") == port["number"]):
+                return p
+        return None
+
+    def ingress_backends(self):
+        for ing in self.of("Ingress"):
+            ann = ing.get("metadata", {}).get("annotations") or {}
+            gce = ann.get("kubernetes.io/ingress.class") in ("gce", None) and \
+                ing.get("spec", {}).get("ingressClassName") in (None, "gce")
+            backends = []
+            if ing["spec"].get("defaultBackend"):
+                backends.append(ing["spec"]["defaultBackend"])
+            for rule in ing["spec"].get("rules") or []:
+                for path in (rule.get("http") or {}).get("paths") or []:
+                    backends.append(path["backend"])
+            if not backends:
+                self.fail("ingress-backends", f"Ingress {self.name(ing)} has no backend")
+            for b in backends:
+                svc_ref = b.get("service")
+                if not svc_ref:
+                    continue
+                svc = self.find("Service", svc_ref["name"], self.ns(ing))
+                if svc is None:
+                    self.fail("ingress-backends", f"Ingress {self.name(ing)}: backend Service {svc_ref['name']} does not exist")
+                    continue
+                if self.service_port(svc, svc_ref.get("port") or {}) is None:
+                    self.fail("ingress-backends", f"Ingress {self.name(ing)}: Service {svc_ref['name']} has no port {svc_ref.get('port')}")
+                if gce:
+                    neg = (svc["metadata"].get("annotations") or {}).get("cloud.google.com/neg")
+                    if not neg or not json.loads(neg).get("ingress"):
+                        self.fail("ingress-backends", f"Service {svc_ref['name']} behind GKE Ingress {self.name(ing)} "
+                                  "lacks cloud.google.com/neg: {\"ingress\": true}")
+
+    def backend_config(self):
+        key = "cloud.google.com/backend-config"
+        for ing in self.of("Ingress"):
+            ann = ing.get("metadata", {}).get("annotations") or {}
+            for k in ann:
+                if k in (key, "beta.cloud.google.com/backend-config"):
+                    self.fail("backend-config", f"Ingress {self.name(ing)} carries {k}: it belongs on the Service")
+        for s in self.of("Service"):
+            ann = (s.get("metadata", {}).get("annotations") or {})
+            raw = ann.get(key) or ann.get("beta." + key)
+            if raw is None:
+                continue
+            try:
+                cfg = json.loads(raw)
+            except json.JSONDecodeError as e:
+                self.fail("backend-config", f"Service {self.name(s)}: {key} is not JSON: {e}")
+                continue
+            names = []
+            if "default" in cfg:
+                names.append(("default", cfg["default"]))
+            for port, bc in (cfg.get("ports") or {}).items():
+                names.append((port, bc))
+                ports = s["spec"].get("ports") or []
+                if not any(p.get("name") == port or str(p.get("port")) == str(port) for p in ports):
+                    self.fail("backend-config", f"Service {self.name(s)}: {key} names port {port}, which the Service lacks")
+            if not names:
+                self.fail("backend-config", f"Service {self.name(s)}: {key} names no BackendConfig")
+            for _, bc in names:
+                if self.find("BackendConfig", bc, self.ns(s)) is None:
+                    self.fail("backend-config", f"Service {self.name(s)}: BackendConfig {bc} does not exist")
+
+    def hpa_pdb_targets(self):
+        for h in self.of("HorizontalPodAutoscaler"):
+            ref = h["spec"]["scaleTargetRef"]
+            t = self.find(ref["kind"], ref["name"], self.ns(h))
+            if t is None:
+                self.fail("hpa-pdb-targets", f"HPA {self.name(h)}: target {ref['kind']} {ref['name']} does not exist")
+                continue
+            names = {c["name"] for c in self.all_containers(t)}
+            for m in h["spec"].get("metrics") or []:
+                cr = m.get("containerResource")
+                if cr and cr["container"] not in names:
+                    self.fail("hpa-pdb-targets", f"HPA {self.name(h)}: container {cr['container']} is not in {ref['name']}")
+            mx = h["spec"].get("maxReplicas", 0)
+            mn = h["spec"].get("minReplicas", 1)
+            if mn > mx:
+                self.fail("hpa-pdb-targets", f"HPA {self.name(h)}: minReplicas {mn} > maxReplicas {mx}")
+        for p in self.of("PodDisruptionBudget"):
+            if not self.selected_workloads(p["spec"].get("selector"), self.ns(p)):
+                self.fail("hpa-pdb-targets", f"PDB {self.name(p)}: selector selects no pods")
+
+    def monitor_targets(self):
+        for pm in self.of("PodMonitor"):
+            ws = self.selected_workloads(pm["spec"].get("selector"), self.ns(pm))
+            if not ws:
+                self.fail("monitor-targets", f"PodMonitor {self.name(pm)}: selector selects no pods")
+            for ep in pm["spec"].get("podMetricsEndpoints") or []:
+                for w in ws:
+                    if ep.get("port") and ep["port"] not in self.container_ports(w):
+                        self.fail("monitor-targets", f"PodMonitor {self.name(pm)}: port {ep['port']} not in {self.name(w)}")
+        for sm in self.of("ServiceMonitor"):
+            svcs = [s for s in self.of("Service") if self.ns(s) == self.ns(sm)
+                    and self.matches(sm["spec"].get("selector"), s["metadata"].get("labels") or {})]
+            if not svcs:
+                self.fail("monitor-targets", f"ServiceMonitor {self.name(sm)}: selector selects no Service")
+            for ep in sm["spec"].get("endpoints") or []:
+                for s in svcs:
+                    if ep.get("port") and not any(p.get("name") == ep["port"] for p in s["spec"].get("ports") or []):
+                        self.fail("monitor-targets", f"ServiceMonitor {self.name(sm)}: Service {self.name(s)} has no port {ep['port']}")
+
+    def netpol_selectors(self):
+        for np_ in self.of("NetworkPolicy"):
+            sel = np_["spec"].get("podSelector") or {}
+            if not sel.get("matchLabels") and not sel.get("matchExpressions"):
+                continue
+            if not self.selected_workloads(sel, self.ns(np_)):
+                self.fail("netpol-selectors", f"NetworkPolicy {self.name(np_)}: podSelector selects no pods")
+
+    def config_refs(self):
+        for w in self.workloads():
+            for c in self.all_containers(w):
+                for e in c.get("env") or []:
+                    vf = e.get("valueFrom") or {}
+                    for kind, refkey in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
+                        ref = vf.get(refkey)
+                        if not ref:
+                            continue
+                        obj = self.find(kind, ref["name"], self.ns(w))
+                        if obj is None:
+                            if not ref.get("optional"):
+                                self.fail("config-refs", f"{w['kind']} {self.name(w)}/{c['name']}: {kind} {ref['name']} does not exist")
+                        elif ref["key"] not in (obj.get("data") or {}) and ref["key"] not in (obj.get("stringData") or {}):
+                            self.fail("config-refs", f"{w['kind']} {self.name(w)}/{c['name']}: {kind} {ref['name']} has no key {ref['key']}")
+
+    def env_value(self, w, c, var):
+        for e in c.get("env") or []:
+            if e["name"] != var:
+                continue
+            if "value" in e:
+                return e["value"]
+            ref = (e.get("valueFrom") or {}).get("configMapKeyRef")
+            if ref:
+                cm = self.find("ConfigMap", ref["name"], self.ns(w))
+                return ((cm or {}).get("data") or {}).get(ref["key"])
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                return "<secret>"
+        return None
+
+    def probes(self):
+        seen = set()
+        for w in self.workloads():
+            spec = self.pod_spec(w)
+            for c in self.all_containers(w):
+                doc = ENDPOINTS.get(c["name"])
+                if not doc:
+                    continue
+                seen.add(c["name"])
+                where = f"{w['kind']} {self.name(w)}/{c['name']}"
+                for kind in ("readiness", "liveness"):
+                    probe = c.get(f"{kind}Probe")
+                    if not probe or "httpGet" not in probe:
+                        self.fail("probes", f"{where}: no HTTP {kind} probe")
+                        continue
+                    hg = probe["httpGet"]
+                    if hg.get("path") != doc[kind]:
+                        self.fail("probes", f"{where}: {kind} probe path {hg.get('path')}, documented {doc[kind]}")
+                    port = self.resolve_port(c, hg.get("port"))
+                    if port != doc["port"]:
+                        self.fail("probes", f"{where}: {kind} probe port {hg.get('port')} (= {port}), documented {doc['port']}")
+                sp = c.get("startupProbe")
+                if sp and "httpGet" in sp and self.resolve_port(c, sp["httpGet"].get("port")) != doc["port"]:
+                    self.fail("probes", f"{where}: startup probe on a port other than {doc['port']}")
+            names = {c["name"]: c for c in spec.get("containers") or []}
+            inits = {c["name"]: c for c in spec.get("initContainers") or []}
+            if "gateway" in names:
+                gw = names["gateway"]
+                fan = inits.get("fanout")
+                if fan is None or fan.get("restartPolicy") != "Always":
+                    self.fail("probes", f"{w['kind']} {self.name(w)}: fanout is not a native sidecar "
+                              "(initContainer with restartPolicy: Always)")
+                else:
+                    listen = self.env_value(w, fan, "ROOMCAST_LISTEN") or ""
+                    url = self.env_value(w, gw, "ROOMCAST_FANOUT_URL") or ""
+                    if listen != f"127.0.0.1:{FANOUT_GRPC_PORT}" or url != f"http://127.0.0.1:{FANOUT_GRPC_PORT}":
+                        self.fail("probes", f"{self.name(w)}: fanout must listen on and be dialled at localhost "
+                                  f":{FANOUT_GRPC_PORT} (ROOMCAST_LISTEN={listen!r}, ROOMCAST_FANOUT_URL={url!r})")
+                purl = self.env_value(w, gw, "ROOMCAST_PERSISTER_URL") or ""
+                hostport = purl.split("://", 1)[-1].rstrip("/")
+                host, _, port = hostport.partition(":")
+                svc = self.find("Service", host.split(".")[0], self.ns(w))
+                if svc is None or not any(str(p.get("port")) == port for p in svc["spec"].get("ports") or []):
+                    self.fail("probes", f"{self.name(w)}: ROOMCAST_PERSISTER_URL {purl!r} is not a Service port")
+                elif not any(self.matches(svc["spec"].get("selector"), self.pod_labels(x)) and
+                             PERSISTER_GRPC_PORT in self.container_ports(x) for x in self.workloads()):
+                    self.fail("probes", f"{self.name(w)}: Service {host} does not reach a persister on {PERSISTER_GRPC_PORT}")
+                listen = self.env_value(w, gw, "ROOMCAST_LISTEN") or ""
+                if not listen.endswith(f":{ENDPOINTS['gateway']['port']}"):
+                    self.fail("probes", f"{self.name(w)}: gateway ROOMCAST_LISTEN {listen!r} is not :{ENDPOINTS['gateway']['port']}")
+        for needed in ENDPOINTS:
+            if needed not in seen:
+                self.fail("probes", f"no container named {needed} in the rendered manifests")
+
+    def drain(self):
+        drain_seen = None
+        for w in self.workloads():
+            spec = self.pod_spec(w)
+            for c in spec.get("containers") or []:
+                if c["name"] != "gateway":
+                    continue
+                raw = self.env_value(w, c, "ROOMCAST_DRAIN_SECONDS")
+                try:
+                    drain = int(raw) if raw is not None else DEFAULT_DRAIN_SECONDS
+                except ValueError:
+                    self.fail("drain", f"{self.name(w)}: ROOMCAST_DRAIN_SECONDS {raw!r} is not a number")
+                    continue
+                drain_seen = drain
+                pre = ((c.get("lifecycle") or {}).get("preStop") or {})
+                if not pre:
+                    self.fail("drain", f"{self.name(w)}: gateway has no preStop hook")
+                sleep = (pre.get("sleep") or {}).get("seconds", 0)
+                grace = spec.get("terminationGracePeriodSeconds", 30)
+                if grace < sleep + drain:
+                    self.fail("drain", f"{self.name(w)}: terminationGracePeriodSeconds {grace} < preStop sleep {sleep} "
+                              f"+ drain {drain} s")
+        for bc in self.of("BackendConfig"):
+            spec = bc.get("spec") or {}
+            d = (spec.get("connectionDraining") or {}).get("drainingTimeoutSec")
+            if d is None:
+                self.fail("drain", f"BackendConfig {self.name(bc)}: no connectionDraining")
+            elif drain_seen is not None and d < drain_seen:
+                self.fail("drain", f"BackendConfig {self.name(bc)}: drainingTimeoutSec {d} < drain {drain_seen} s")
+            t = spec.get("timeoutSec")
+            if t is None or t < MIN_WEBSOCKET_TIMEOUT:
+                self.fail("drain", f"BackendConfig {self.name(bc)}: timeoutSec {t} cuts WebSockets (need >= {MIN_WEBSOCKET_TIMEOUT})")
+            hc = spec.get("healthCheck") or {}
+            if hc.get("requestPath") != ENDPOINTS["gateway"]["readiness"] or hc.get("port") != ENDPOINTS["gateway"]["port"]:
+                self.fail("drain", f"BackendConfig {self.name(bc)}: health check must be {ENDPOINTS['gateway']['readiness']} "
+                          f"on {ENDPOINTS['gateway']['port']}")
+
+    def hardening(self):
+        for w in self.workloads():
+            spec = self.pod_spec(w)
+            psc = spec.get("securityContext") or {}
+            if (psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+                self.fail("hardening", f"{w['kind']} {self.name(w)}: pod seccompProfile is not RuntimeDefault")
+            for c in self.all_containers(w):
+                where = f"{w['kind']} {self.name(w)}/{c['name']}"
+                res = c.get("resources") or {}
+                for part in ("requests", "limits"):
+                    for r in ("cpu", "memory"):
+                        if r not in (res.get(part) or {}):
+                            self.fail("hardening", f"{where}: no {part}.{r}")
+                sc = c.get("securityContext") or {}
+                if sc.get("readOnlyRootFilesystem") is not True:
+                    self.fail("hardening", f"{where}: root filesystem is not read-only")
+                if sc.get("allowPrivilegeEscalation") is not False:
+                    self.fail("hardening", f"{where}: allowPrivilegeEscalation is not false")
+                if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+                    self.fail("hardening", f"{where}: capabilities do not drop ALL")
+                if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+                    self.fail("hardening", f"{where}: runAsNonRoot is not set")
+
+    CHECKS = ("service_selectors", "ingress_backends", "backend_config", "hpa_pdb_targets", "monitor_targets",
+              "netpol_selectors", "config_refs", "probes", "drain", "hardening")
+
+    def run(self):
+        for c in self.CHECKS:
+            getattr(self, c)()
+        return self.failures
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("rendered")
+    ap.add_argument("--name", default=None)
+    args = ap.parse_args()
+    docs = list(yaml.safe_load_all(Path(args.rendered).read_text()))
+    failures = Checker(docs).run()
+    label = args.name or args.rendered
+    for check, msg in failures:
+        print(f"FAIL [{check}] {label}: {msg}")
+    print(f"{label}: {len(Checker.CHECKS)} cross-reference checks over {len(docs)} objects, {len(failures)} problems")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
