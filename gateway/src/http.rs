@@ -1,14 +1,22 @@
 //! The gateway's HTTP front: the web page, health and readiness, and the `/ws` upgrade.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{body::Incoming, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use rand::Rng;
+use socketioxide::service::SocketIoService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -20,8 +28,29 @@ const INDEX_HTML: &str = include_str!("../../web/index.html");
 
 type Reply = Response<Full<Bytes>>;
 
+/// The plain HTTP routes, behind Socket.IO's service (which takes `/socket.io/`).
+#[derive(Clone)]
+pub(crate) struct Router {
+    pub(crate) core: Arc<Core>,
+}
+
+/// Marks a connection as upgraded to `/ws`: its session closes itself with 1012 when
+/// draining, so the transport is not cut under it.
+#[derive(Clone)]
+struct OwnClose(Arc<AtomicBool>);
+
+impl hyper::service::Service<Request<Incoming>> for Router {
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Reply, Infallible>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        std::future::ready(Ok(route(self.core.clone(), req)))
+    }
+}
+
 /// Accepts connections until `stop` turns true; open connections carry on.
-pub async fn serve(core: Arc<Core>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(core: Arc<Core>, sio: SocketIoService<Router>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -36,11 +65,13 @@ pub async fn serve(core: Arc<Core>, listener: TcpListener, mut stop: watch::Rece
             _ = crate::wait_until(&mut stop, |stop| *stop) => return,
         };
         let _ = stream.set_nodelay(true);
-        let core = core.clone();
+        let own_close = OwnClose(Arc::new(AtomicBool::new(false)));
+        let stream = Drainable::new(stream, core.draining(), own_close.0.clone());
+        let sio = sio.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let core = core.clone();
-                async move { Ok::<_, Infallible>(route(core, req)) }
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(own_close.clone());
+                hyper::service::Service::call(&sio, req)
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -62,6 +93,48 @@ fn route(core: Arc<Core>, req: Request<Incoming>) -> Reply {
         },
         (&Method::GET, "/ws") => upgrade(core, req),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// A client connection that ends itself during a drain, at a random moment within the
+/// drain window: Socket.IO clients see a transport close, which they retry (on another
+/// pod). `/ws` connections close themselves with 1012 instead.
+struct Drainable {
+    io: TcpStream,
+    cut: Pin<Box<dyn Future<Output = ()> + Send>>,
+    own_close: Arc<AtomicBool>,
+}
+
+impl Drainable {
+    fn new(io: TcpStream, mut draining: watch::Receiver<Option<std::time::Duration>>, own_close: Arc<AtomicBool>) -> Self {
+        let cut = Box::pin(async move {
+            crate::wait_until(&mut draining, Option::is_some).await;
+            let window = (*draining.borrow()).unwrap_or_default();
+            let jitter = rand::rng().random_range(0.0..=1.0);
+            tokio::time::sleep(window.mul_f64(jitter)).await;
+        });
+        Self { io, cut, own_close }
+    }
+}
+
+impl AsyncRead for Drainable {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.own_close.load(Ordering::Relaxed) && self.cut.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "server draining")));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Drainable {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -104,6 +177,9 @@ fn upgrade(core: Arc<Core>, mut req: Request<Incoming>) -> Reply {
     };
     if let Some(why) = core.not_ready_reason() {
         return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not accepting connections: {why}\n"));
+    }
+    if let Some(own_close) = req.extensions().get::<OwnClose>() {
+        own_close.0.store(true, Ordering::Relaxed);
     }
     let accept = derive_accept_key(key.as_bytes());
     let config = ws_config(&core);

@@ -12,6 +12,7 @@ mod protocol;
 mod rooms;
 mod send;
 mod session;
+mod socketio;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -81,6 +82,7 @@ impl Core {
 #[derive(Clone)]
 pub struct Gateway {
     core: Arc<Core>,
+    sio: socketioxide::service::SocketIoService<http::Router>,
     /// True once no new connections are accepted.
     closed: watch::Sender<bool>,
     /// True once the background tasks (broker link, store probe) should end.
@@ -106,14 +108,18 @@ impl Gateway {
         });
         tokio::spawn(link::keep_link(broker, rooms, interest_rx, core.broker_up.clone(), stopped.clone()));
         tokio::spawn(probe_store(core.clone(), stopped));
-        let gateway = Self { core, closed: watch::channel(false).0, stop };
+        let (sio, io) = socketioxide::SocketIo::builder()
+            .max_payload(core.limits.max_frame_bytes as u64)
+            .build_with_inner_svc(http::Router { core: core.clone() });
+        socketio::install(&io, core.clone());
+        let gateway = Self { core, sio, closed: watch::channel(false).0, stop };
         gateway.publish_readiness();
         gateway
     }
 
     /// Serves HTTP and WebSockets on `listener` until [`Gateway::drain`] or [`Gateway::stop`].
     pub async fn serve(&self, listener: TcpListener) {
-        http::serve(self.core.clone(), listener, self.closed.subscribe()).await;
+        http::serve(self.core.clone(), self.sio.clone(), listener, self.closed.subscribe()).await;
     }
 
     pub fn is_ready(&self) -> bool {

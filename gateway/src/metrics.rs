@@ -59,8 +59,10 @@ pub fn describe() {
     for kind in ["invalid_json", "unknown_type", "invalid_field", "too_large", "binary", "limit", "rate_limited"] {
         counter!("roomcast_gateway_bad_frames_total", "kind" => kind).absolute(0);
     }
-    for reason in ["client_close", "error", "slow_consumer", "drain", "protocol_error"] {
-        counter!("roomcast_gateway_disconnects_total", "protocol" => "ws", "reason" => reason).absolute(0);
+    for protocol in ["ws", "socketio"] {
+        for reason in ["client_close", "error", "slow_consumer", "drain", "protocol_error"] {
+            counter!("roomcast_gateway_disconnects_total", "protocol" => protocol, "reason" => reason).absolute(0);
+        }
+        gauge!("roomcast_gateway_connections", "protocol" => protocol).set(0.0);
     }
-    gauge!("roomcast_gateway_connections", "protocol" => "ws").set(0.0);
 }

@@ -6,13 +6,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Sink, SinkExt};
+use futures::SinkExt;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::metrics::METRICS;
+use crate::protocol::{visible, ServerFrame};
+use crate::rooms::Sink;
+use roomcast_proto::ChatMessage;
 
 /// Close code for a client that fell too far behind (documented in docs/PROTOCOL.md).
 pub const SLOW_CONSUMER: u16 = 4001;
@@ -86,12 +89,26 @@ impl Outbox {
     }
 }
 
+impl Sink for Outbox {
+    fn joined(&self, room: &str, page: &[ChatMessage], truncated: bool) {
+        self.push_json(ServerFrame::Joined { room, messages: visible(page), truncated }.to_json());
+    }
+
+    fn deliver(&self, _msg: &ChatMessage, ws_frame: &Utf8Bytes) {
+        self.push(ws_frame.clone());
+    }
+
+    fn unavailable(&self, room: &str, message: &str) {
+        self.push_json(ServerFrame::Error { code: "unavailable", message, client_id: None, room: Some(room) }.to_json());
+    }
+}
+
 impl Writer {
     /// Writes queued frames until the queue ends, the socket fails, or a close is asked
     /// for; a close is sent even past a stalled queue, with a 1 s limit.
     pub async fn run<S>(self, mut sink: S)
     where
-        S: Sink<Message> + Unpin,
+        S: futures::Sink<Message> + Unpin,
     {
         let Writer { mut frames, queued, mut close } = self;
         loop {
@@ -130,7 +147,7 @@ async fn write_batch<S>(
     first: Utf8Bytes,
 ) -> bool
 where
-    S: Sink<Message> + Unpin,
+    S: futures::Sink<Message> + Unpin,
 {
     let mut bytes = first.len();
     let mut count = 1;

@@ -18,8 +18,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::limits::Limits;
 use crate::metrics::METRICS;
-use crate::outbox::Outbox;
-use crate::protocol::{visible, ServerFrame, WireMessage};
+use crate::protocol::{ServerFrame, WireMessage};
 
 /// How long a missing seq may hold up later ones before the store is asked for it.
 const GAP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,6 +26,16 @@ const GAP_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 pub type MemberId = u64;
+
+/// Where a room hands its member what happens: a `/ws` connection, or a Socket.IO one.
+pub trait Sink: Send + Sync + 'static {
+    /// The member's history loaded (oldest first, tombstones included).
+    fn joined(&self, room: &str, page: &[ChatMessage], truncated: bool);
+    /// A live message; `ws_frame` is its `/ws` encoding, made once per room.
+    fn deliver(&self, msg: &ChatMessage, ws_frame: &Utf8Bytes);
+    /// The history could not be loaded yet; the room retries.
+    fn unavailable(&self, room: &str, message: &str);
+}
 
 /// The registry: which rooms exist here, and how many members each has.
 pub struct Rooms {
@@ -42,7 +51,7 @@ struct Entry {
 }
 
 enum Command {
-    Join { member: MemberId, outbox: Outbox, since: Option<u64> },
+    Join { member: MemberId, sink: Arc<dyn Sink>, since: Option<u64> },
     Leave { member: MemberId },
     Deliver(Arc<ChatMessage>),
     Loaded { member: MemberId, since: Option<u64>, result: Result<Page, StoreError> },
@@ -68,7 +77,7 @@ impl Rooms {
         self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn join(&self, room: &str, member: MemberId, outbox: Outbox, since: Option<u64>) {
+    pub fn join(&self, room: &str, member: MemberId, sink: Arc<dyn Sink>, since: Option<u64>) {
         let mut map = self.map();
         let entry = map.entry(room.to_owned()).or_insert_with(|| {
             let (commands, rx) = mpsc::unbounded_channel();
@@ -78,7 +87,7 @@ impl Rooms {
             Entry { commands, members: 0 }
         });
         entry.members += 1;
-        let _ = entry.commands.send(Command::Join { member, outbox, since });
+        let _ = entry.commands.send(Command::Join { member, sink, since });
         metrics::gauge!("roomcast_gateway_rooms").set(map.len() as f64);
     }
 
@@ -118,7 +127,7 @@ impl Rooms {
 }
 
 struct Member {
-    outbox: Outbox,
+    sink: Arc<dyn Sink>,
     /// Highest seq this member has been sent; `None` while its history loads.
     last: Option<u64>,
     /// Live messages that arrived while the history loaded.
@@ -167,8 +176,8 @@ impl RoomTask {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Join { member, outbox, since } => {
-                self.members.insert(member, Member { outbox, last: None, held: Vec::new() });
+            Command::Join { member, sink, since } => {
+                self.members.insert(member, Member { sink, last: None, held: Vec::new() });
                 self.load(member, since, Duration::ZERO);
             }
             Command::Leave { member } => {
@@ -240,24 +249,18 @@ impl RoomTask {
         let page = match result {
             Ok(page) => page,
             Err(err) => {
-                let message = format!("cannot load room history yet ({err}); retrying");
-                member.outbox.push_json(
-                    ServerFrame::Error { code: "unavailable", message: &message, client_id: None, room: Some(&self.room) }
-                        .to_json(),
-                );
+                member.sink.unavailable(&self.room, &format!("cannot load room history yet ({err}); retrying"));
                 self.load(id, since, RETRY_AFTER);
                 return;
             }
         };
         let page_high = page.messages.last().map_or(0, |m| m.seq);
         let last = if page.truncated { page_high } else { page_high.max(page.high).max(since.unwrap_or(0)) };
-        member.outbox.push_json(
-            ServerFrame::Joined { room: &self.room, messages: visible(&page.messages), truncated: page.truncated }.to_json(),
-        );
+        member.sink.joined(&self.room, &page.messages, page.truncated);
         member.last = Some(last);
         for msg in std::mem::take(&mut member.held) {
             if msg.seq > last && !msg.tombstone {
-                member.outbox.push(frame(&msg));
+                member.sink.deliver(&msg, &frame(&msg));
                 member.last = Some(msg.seq);
             }
         }
@@ -315,7 +318,7 @@ impl RoomTask {
             match member.last {
                 None => member.held.push(msg.clone()),
                 Some(last) if msg.seq > last => {
-                    member.outbox.push(frame.clone());
+                    member.sink.deliver(msg, &frame);
                     member.last = Some(msg.seq);
                     delivered += 1;
                 }
@@ -433,7 +436,7 @@ mod tests {
         let rooms = Rooms::new(archive.clone(), interests, Limits::default());
         let (outbox, mut writer) = outbox(1 << 20);
 
-        rooms.join("r", 1, outbox, None);
+        rooms.join("r", 1, Arc::new(outbox), None);
         let joined = next_seq(&mut writer.frames).await;
         assert_eq!(joined["type"], "joined");
 

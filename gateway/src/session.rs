@@ -145,7 +145,7 @@ impl Session {
             let message = format!("a connection may be in at most {} rooms", self.core.limits.max_rooms_per_connection);
             return self.refuse(Refusal::new("too_many_rooms", "limit", message), None);
         }
-        self.core.rooms.join(&room, self.member, self.outbox.clone(), since);
+        self.core.rooms.join(&room, self.member, Arc::new(self.outbox.clone()), since);
         self.rooms.insert(room);
     }
 

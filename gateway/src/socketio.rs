@@ -1,0 +1,435 @@
+//! The Socket.IO front door (protocol v5, via socketioxide) at `/socket.io/`.
+//!
+//! It speaks the original app's events (`join_room`, `send_message`, `create_room`,
+//! answered with `joined_room`, `room_message`, `room`) and roomcast's own (`join`,
+//! `leave`, `send`, `history`, with acknowledgements). Both feed the same rooms as `/ws`,
+//! so every client of a room sees the same messages in the same order.
+//! The room map of `create_room` is kept in the store as the system room [`DIRECTORY`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use persister::HistoryQuery;
+use roomcast_proto::ChatMessage;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use socketioxide::extract::{AckSender, Data, SocketRef};
+use socketioxide::socket::DisconnectReason;
+use socketioxide::SocketIo;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::protocol::{visible, Refusal, WireMessage};
+use crate::rooms::{MemberId, Sink};
+use crate::Core;
+
+/// The system room holding the room map; its name cannot be a client room name.
+pub const DIRECTORY: &str = "~rooms";
+const PROTOCOL: &str = "socketio";
+const SEND_QUEUE: usize = 32;
+
+/// Registers the namespace and the room directory.
+pub fn install(io: &SocketIo, core: Arc<Core>) {
+    let directory = Arc::new(Directory { map: Mutex::new(BTreeMap::new()), io: io.clone() });
+    core.rooms.join(DIRECTORY, core.next_member_id(), directory.clone(), Some(0));
+    io.ns("/", async move |socket: SocketRef, Data(auth): Data<Value>| on_connect(socket, auth, core.clone(), directory.clone()));
+}
+
+/// One Socket.IO connection's state, kept in the socket's extensions.
+struct Conn {
+    core: Arc<Core>,
+    member: MemberId,
+    user: Option<String>,
+    /// Rooms joined, by which style of events.
+    rooms: Mutex<HashMap<String, Style>>,
+    sends: mpsc::Sender<SendJob>,
+    sent: std::sync::atomic::AtomicU64,
+}
+
+impl Conn {
+    fn rooms(&self) -> MutexGuard<'_, HashMap<String, Style>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Style {
+    /// `join_room`: `joined_room` and `room_message` events, the sender excluded.
+    Original,
+    /// `join`: an ack, then `message` events to everyone, the sender included.
+    Roomcast,
+}
+
+struct SendJob {
+    room: String,
+    user: String,
+    text: String,
+    client_id: String,
+    ack: AckSender,
+    style: Style,
+}
+
+fn on_connect(socket: SocketRef, auth: Value, core: Arc<Core>, directory: Arc<Directory>) {
+    let user = auth
+        .get("user")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| query_user(&socket))
+        .filter(|user| core.limits.check_user(user).is_ok());
+    let (sends, jobs) = mpsc::channel(SEND_QUEUE);
+    let conn = Arc::new(Conn {
+        core: core.clone(),
+        member: core.next_member_id(),
+        user,
+        rooms: Mutex::new(HashMap::new()),
+        sends,
+        sent: std::sync::atomic::AtomicU64::new(0),
+    });
+    tokio::spawn(send_loop(core.clone(), socket.clone(), jobs));
+    socket.extensions.insert(conn.clone());
+    core.connection_opened(PROTOCOL);
+    let _ = socket.emit("room", &directory.snapshot());
+
+    let c = conn.clone();
+    socket.on("join_room", async move |s: SocketRef, Data(args): Data<Value>| {
+        let (room, previous) = two_args(&args);
+        if let Some(previous) = previous.filter(|p| c.rooms().get(p).is_some()) {
+            leave(&c, &previous);
+        }
+        match room {
+            Some(room) => join(&c, &s, room, None, Style::Original, None),
+            None => emit_error(&s, Refusal::new("bad_request", "invalid_field", "join_room(roomId, previousRoomId?) needs a roomId"), None),
+        }
+    });
+    let c = conn.clone();
+    socket.on("send_message", async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
+        let payload: Result<OriginalSend, _> = serde_json::from_value(first_arg(args));
+        let Ok(payload) = payload else {
+            return emit_error(&s, Refusal::new("bad_request", "invalid_field", "send_message needs {roomId, message, username}"), None);
+        };
+        let n = c.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The socket id marks the sender's own messages, which `room_message` skips.
+        let client_id = format!("sio:{}:{n}", s.id);
+        queue_send(&c, payload.room_id, payload.username, payload.message, client_id, ack, Style::Original);
+    });
+    let c = conn.clone();
+    socket.on("create_room", async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
+        let payload: Result<CreateRoom, _> = serde_json::from_value(first_arg(args));
+        let Ok(payload) = payload else {
+            return emit_error(&s, Refusal::new("bad_request", "invalid_field", "create_room needs {roomName, roomId}"), None);
+        };
+        let name = payload.room_name.trim().to_owned();
+        if let Err(refusal) = c.core.limits.check_room(&payload.room_id) {
+            return emit_error(&s, refusal, None);
+        }
+        if name.is_empty() || name.chars().count() > c.core.limits.max_room_chars {
+            let refusal = Refusal::new("bad_request", "invalid_field", format!("roomName must be 1 to {} characters", c.core.limits.max_room_chars));
+            return emit_error(&s, refusal, None);
+        }
+        let entry = json!({"roomId": payload.room_id, "roomName": name}).to_string();
+        let client_id = format!("create:{}", payload.room_id);
+        queue_send(&c, DIRECTORY.to_owned(), "system".to_owned(), entry, client_id, ack, Style::Original);
+    });
+    let c = conn.clone();
+    socket.on("join", async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
+        match serde_json::from_value::<JoinArgs>(first_arg(args)) {
+            Ok(JoinArgs { room, since }) => join(&c, &s, room, since, Style::Roomcast, Some(ack)),
+            Err(err) => ack_error(ack, Refusal::new("bad_request", "invalid_field", format!("join needs {{room, since?}}: {err}")), None),
+        }
+    });
+    let c = conn.clone();
+    socket.on("leave", async move |Data(args): Data<Value>, ack: AckSender| {
+        let room = first_arg(args).get("room").and_then(Value::as_str).unwrap_or_default().to_owned();
+        leave(&c, &room);
+        let _ = ack.send(&json!({"room": room}));
+    });
+    let c = conn.clone();
+    socket.on("send", async move |Data(args): Data<Value>, ack: AckSender| {
+        let args: SendArgs = match serde_json::from_value(first_arg(args)) {
+            Ok(args) => args,
+            Err(err) => return ack_error(ack, Refusal::new("bad_request", "invalid_field", format!("send needs {{room, text, client_id?}}: {err}")), None),
+        };
+        let client_id = args.client_id.unwrap_or_else(|| ulid::Ulid::new().to_string());
+        let Some(user) = c.user.clone() else {
+            let refusal = Refusal::new("invalid_user", "invalid_field", "connect with auth {user: NAME} (or ?user=NAME) to send");
+            return ack_error(ack, refusal, Some(&client_id));
+        };
+        if !c.rooms().contains_key(&args.room) {
+            let refusal = Refusal::new("not_joined", "invalid_field", format!("join room {} before sending to it", args.room));
+            return ack_error(ack, refusal, Some(&client_id));
+        }
+        queue_send(&c, args.room, user, args.text, client_id, ack, Style::Roomcast);
+    });
+    let c = conn.clone();
+    socket.on("history", async move |Data(args): Data<Value>, ack: AckSender| {
+        let args: HistoryArgs = match serde_json::from_value(first_arg(args)) {
+            Ok(args) => args,
+            Err(err) => return ack_error(ack, Refusal::new("bad_request", "invalid_field", format!("history needs {{room, before?, limit?}}: {err}")), None),
+        };
+        if let Err(refusal) = c.core.limits.check_room(&args.room) {
+            return ack_error(ack, refusal, None);
+        }
+        let archive = c.core.archive.clone();
+        let limit = args.limit.unwrap_or(c.core.limits.history_page);
+        tokio::spawn(async move {
+            let query = HistoryQuery { room: args.room.clone(), before: args.before, after: None, limit };
+            let reply = match archive.history(query).await {
+                Ok(page) => json!({"room": args.room, "messages": visible(&page)}),
+                Err(err) => json!({"error": {"code": "unavailable", "message": format!("cannot read history: {err}")}}),
+            };
+            let _ = ack.send(&reply);
+        });
+    });
+    socket.on_disconnect(async move |reason: DisconnectReason| {
+        let rooms: Vec<String> = conn.rooms().drain().map(|(room, _)| room).collect();
+        for room in rooms {
+            conn.core.rooms.leave(&room, conn.member);
+        }
+        let reason = match reason {
+            DisconnectReason::TransportClose | DisconnectReason::ClientNSDisconnect => "client_close",
+            DisconnectReason::ServerNSDisconnect | DisconnectReason::ClosingServer => "drain",
+            _ => "error",
+        };
+        conn.core.connection_closed(PROTOCOL, reason);
+    });
+}
+
+fn query_user(socket: &SocketRef) -> Option<String> {
+    let query = socket.req_parts().uri.query()?;
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "user").map(|(_, v)| v.into_owned())
+}
+
+/// Socket.IO hands several arguments over as an array, a single one as itself.
+fn first_arg(args: Value) -> Value {
+    match args {
+        Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
+        other => other,
+    }
+}
+
+fn two_args(args: &Value) -> (Option<String>, Option<String>) {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    match args {
+        Value::Array(items) => (text(items.first()), text(items.get(1))),
+        single => (text(Some(single)), None),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OriginalSend {
+    room_id: String,
+    message: String,
+    username: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateRoom {
+    room_name: String,
+    room_id: String,
+}
+
+#[derive(Deserialize)]
+struct JoinArgs {
+    room: String,
+    since: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct SendArgs {
+    room: String,
+    text: String,
+    client_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HistoryArgs {
+    room: String,
+    before: Option<u64>,
+    limit: Option<u32>,
+}
+
+fn join(conn: &Arc<Conn>, socket: &SocketRef, room: String, since: Option<u64>, style: Style, ack: Option<AckSender>) {
+    if let Err(refusal) = conn.core.limits.check_room(&room) {
+        return match ack {
+            Some(ack) => ack_error(ack, refusal, None),
+            None => emit_error(socket, refusal, None),
+        };
+    }
+    let mut rooms = conn.rooms();
+    if rooms.contains_key(&room) {
+        conn.core.rooms.leave(&room, conn.member);
+    } else if rooms.len() >= conn.core.limits.max_rooms_per_connection {
+        drop(rooms);
+        let refusal = Refusal::new("too_many_rooms", "limit", format!("a connection may be in at most {} rooms", conn.core.limits.max_rooms_per_connection));
+        return match ack {
+            Some(ack) => ack_error(ack, refusal, None),
+            None => emit_error(socket, refusal, None),
+        };
+    }
+    rooms.insert(room.clone(), style);
+    drop(rooms);
+    let sink = SocketSink { socket: socket.clone(), style, join_ack: Mutex::new(ack), own: format!("sio:{}:", socket.id) };
+    conn.core.rooms.join(&room, conn.member, Arc::new(sink), since);
+}
+
+fn leave(conn: &Conn, room: &str) {
+    if conn.rooms().remove(room).is_some() {
+        conn.core.rooms.leave(room, conn.member);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn queue_send(conn: &Conn, room: String, user: String, text: String, client_id: String, ack: AckSender, style: Style) {
+    metrics::counter!("roomcast_gateway_frames_received_total", "protocol" => PROTOCOL).increment(1);
+    let checks = if room == DIRECTORY { Ok(()) } else { conn.core.limits.check_room(&room) }
+        .and_then(|()| conn.core.limits.check_user(&user))
+        .and_then(|()| conn.core.limits.check_text(&text));
+    if let Err(refusal) = checks {
+        return ack_error(ack, refusal, Some(&client_id));
+    }
+    if let Err(mpsc::error::TrySendError::Full(job)) = conn.sends.try_send(SendJob { room, user, text, client_id, ack, style }) {
+        let refusal = Refusal::new("overloaded", "rate_limited", format!("more than {SEND_QUEUE} sends are waiting; wait for acks"));
+        ack_error(job.ack, refusal, Some(&job.client_id));
+    }
+}
+
+async fn send_loop(core: Arc<Core>, socket: SocketRef, mut jobs: mpsc::Receiver<SendJob>) {
+    while let Some(job) = jobs.recv().await {
+        match core.send(&job.user, &job.room, &job.text, &job.client_id).await {
+            Ok(stored) => {
+                metrics::counter!("roomcast_gateway_messages_sent_total", "result" => "acked").increment(1);
+                let _ = job.ack.send(&json!({"client_id": job.client_id, "room": job.room, "seq": stored.seq, "id": stored.id, "ts": stored.ts}));
+            }
+            Err(err) => {
+                metrics::counter!("roomcast_gateway_messages_sent_total", "result" => "error").increment(1);
+                tracing::warn!(%err, room = %job.room, user = %job.user, client_id = %job.client_id, "send failed");
+                let error = json!({"code": err.code(), "message": err.to_string()});
+                if job.style == Style::Original {
+                    let _ = socket.emit("error", &json!({"code": err.code(), "message": err.to_string(), "room": job.room}));
+                }
+                let _ = job.ack.send(&json!({"error": error, "client_id": job.client_id}));
+            }
+        }
+    }
+}
+
+fn ack_error(ack: AckSender, refusal: Refusal, client_id: Option<&str>) {
+    metrics::counter!("roomcast_gateway_bad_frames_total", "kind" => refusal.kind).increment(1);
+    let _ = ack.send(&json!({"error": {"code": refusal.code, "message": refusal.message}, "client_id": client_id}));
+}
+
+fn emit_error(socket: &SocketRef, refusal: Refusal, room: Option<&str>) {
+    metrics::counter!("roomcast_gateway_bad_frames_total", "kind" => refusal.kind).increment(1);
+    let _ = socket.emit("error", &json!({"code": refusal.code, "message": refusal.message, "room": room}));
+}
+
+/// The original app's message shape, plus roomcast's seq, id and ts.
+fn original(msg: &ChatMessage) -> Value {
+    let secs = msg.ts / 1000;
+    let time = format!("{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60);
+    json!({"message": msg.text, "username": msg.user, "time": time, "ts": msg.ts, "seq": msg.seq, "id": msg.id, "roomId": msg.room})
+}
+
+/// A room's view of one Socket.IO member.
+struct SocketSink {
+    socket: SocketRef,
+    style: Style,
+    join_ack: Mutex<Option<AckSender>>,
+    /// Prefix of the client ids this socket's `send_message`s carry.
+    own: String,
+}
+
+impl SocketSink {
+    fn emit(&self, event: &str, data: &Value) {
+        if self.socket.emit(event, data).is_err() && self.socket.connected() {
+            // Its buffer is full: a slow consumer, closed so it cannot hold up the room.
+            metrics::counter!("roomcast_gateway_slow_consumer_disconnects_total").increment(1);
+            let _ = self.socket.clone().disconnect();
+        }
+    }
+}
+
+impl Sink for SocketSink {
+    fn joined(&self, room: &str, page: &[ChatMessage], truncated: bool) {
+        match self.style {
+            Style::Original => {
+                let messages: Vec<Value> = page.iter().filter(|m| !m.tombstone).map(original).collect();
+                if self.socket.emit("joined_room", &(room, messages)).is_err() {
+                    let _ = self.socket.clone().disconnect();
+                }
+            }
+            Style::Roomcast => {
+                let reply = json!({"room": room, "messages": visible(page), "truncated": truncated});
+                match self.join_ack.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    Some(ack) => {
+                        let _ = ack.send(&reply);
+                    }
+                    None => self.emit("joined", &reply),
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, msg: &ChatMessage, _ws_frame: &Utf8Bytes) {
+        match self.style {
+            Style::Original if msg.client_id.starts_with(&self.own) => {}
+            Style::Original => self.emit("room_message", &original(msg)),
+            Style::Roomcast => match serde_json::to_value(WireMessage::from(msg)) {
+                Ok(value) => self.emit("message", &value),
+                Err(err) => tracing::error!(%err, "cannot encode a message for Socket.IO"),
+            },
+        }
+    }
+
+    fn unavailable(&self, room: &str, message: &str) {
+        self.emit("error", &json!({"code": "unavailable", "message": message, "room": room}));
+    }
+}
+
+/// The room map: a member of [`DIRECTORY`] that folds its messages into
+/// `{roomId: {name}}` and sends the map to every Socket.IO client when it changes.
+struct Directory {
+    map: Mutex<BTreeMap<String, Value>>,
+    io: SocketIo,
+}
+
+impl Directory {
+    fn snapshot(&self) -> Value {
+        Value::Object(self.map.lock().unwrap_or_else(|p| p.into_inner()).clone().into_iter().collect())
+    }
+
+    fn add(&self, msg: &ChatMessage) -> bool {
+        let Ok(entry) = serde_json::from_str::<Value>(&msg.text) else { return false };
+        let (Some(id), Some(name)) = (entry["roomId"].as_str(), entry["roomName"].as_str()) else { return false };
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), json!({"name": name}));
+        true
+    }
+
+    fn broadcast(&self) {
+        let (io, map) = (self.io.clone(), self.snapshot());
+        tokio::spawn(async move {
+            let _ = io.emit("room", &map).await;
+        });
+    }
+}
+
+impl Sink for Directory {
+    fn joined(&self, _room: &str, page: &[ChatMessage], _truncated: bool) {
+        let added = page.iter().filter(|m| !m.tombstone).fold(false, |any, m| self.add(m) || any);
+        if added {
+            self.broadcast();
+        }
+    }
+
+    fn deliver(&self, msg: &ChatMessage, _ws_frame: &Utf8Bytes) {
+        if self.add(msg) {
+            self.broadcast();
+        }
+    }
+
+    fn unavailable(&self, _room: &str, message: &str) {
+        tracing::warn!(message, "room directory not loaded yet");
+    }
+}
