@@ -14,6 +14,7 @@ use roomcast_proto::ChatMessage;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use socketioxide::extract::{AckSender, Data, SocketRef};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 use socketioxide::SocketIo;
 use tokio::sync::mpsc;
@@ -32,7 +33,17 @@ const SEND_QUEUE: usize = 32;
 pub fn install(io: &SocketIo, core: Arc<Core>) {
     let directory = Arc::new(Directory { map: Mutex::new(BTreeMap::new()), io: io.clone() });
     core.rooms.join(DIRECTORY, core.next_member_id(), directory.clone(), Some(0));
-    io.ns("/", async move |socket: SocketRef, Data(auth): Data<Value>| on_connect(socket, auth, core.clone(), directory.clone()));
+    let snapshot = directory.clone();
+    // Handlers are registered in a middleware, which runs before the client is told it is
+    // connected: events it sends right away find their handler.
+    let register = async move |socket: SocketRef, Data(auth): Data<Value>| -> Result<(), std::convert::Infallible> {
+        on_connect(socket, auth, core.clone());
+        Ok(())
+    };
+    let connected = async move |socket: SocketRef| {
+        let _ = socket.emit("room", &snapshot.snapshot());
+    };
+    io.ns("/", connected.with(register));
 }
 
 /// One Socket.IO connection's state, kept in the socket's extensions.
@@ -69,7 +80,7 @@ struct SendJob {
     style: Style,
 }
 
-fn on_connect(socket: SocketRef, auth: Value, core: Arc<Core>, directory: Arc<Directory>) {
+fn on_connect(socket: SocketRef, auth: Value, core: Arc<Core>) {
     let user = auth
         .get("user")
         .and_then(Value::as_str)
@@ -88,7 +99,6 @@ fn on_connect(socket: SocketRef, auth: Value, core: Arc<Core>, directory: Arc<Di
     tokio::spawn(send_loop(core.clone(), socket.clone(), jobs));
     socket.extensions.insert(conn.clone());
     core.connection_opened(PROTOCOL);
-    let _ = socket.emit("room", &directory.snapshot());
 
     let c = conn.clone();
     socket.on("join_room", async move |s: SocketRef, Data(args): Data<Value>| {

@@ -1,0 +1,156 @@
+//! One load client: a `/ws` connection, or a Socket.IO one speaking the original app's
+//! events. Socket.IO is spoken directly over Engine.IO's WebSocket transport (packet
+//! types `0`, `2`/`3`, `40`, `42`), which is all a chat client needs.
+
+use anyhow::{bail, Context};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum, serde::Serialize)]
+pub enum Mode {
+    /// roomcast's `/ws` JSON protocol; every member gets each message, the sender included.
+    Ws,
+    /// Socket.IO v5 with the original app's events; the sender is not sent its own message.
+    Socketio,
+}
+
+/// What a client cares about in a frame from the server.
+pub enum Incoming {
+    /// A chat message's text.
+    Message(String),
+    Ack,
+    Error(String),
+    Other,
+}
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    mode: Mode,
+    user: String,
+}
+
+impl Client {
+    pub async fn connect(base: &url::Url, mode: Mode, user: &str) -> anyhow::Result<Client> {
+        let mut url = base.clone();
+        let scheme = if base.scheme() == "https" || base.scheme() == "wss" { "wss" } else { "ws" };
+        url.set_scheme(scheme).map_err(|()| anyhow::anyhow!("cannot use scheme {scheme} for {base}"))?;
+        match mode {
+            Mode::Ws => {
+                url.set_path("/ws");
+                url.set_query(Some(&format!("user={user}")));
+            }
+            Mode::Socketio => {
+                url.set_path("/socket.io/");
+                url.set_query(Some("EIO=4&transport=websocket"));
+            }
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.with_context(|| format!("connecting to {url}"))?;
+        let mut client = Client { ws, mode, user: user.to_owned() };
+        if mode == Mode::Socketio {
+            client.expect_prefix("0").await.context("waiting for the Engine.IO open packet")?;
+            client.send_text(format!("40{}", json!({"user": user}))).await?;
+            client.expect_prefix("40").await.context("waiting for the Socket.IO connect packet")?;
+        }
+        Ok(client)
+    }
+
+    async fn send_text(&mut self, text: String) -> anyhow::Result<()> {
+        self.ws.send(Message::Text(text.into())).await.context("sending a frame")
+    }
+
+    async fn expect_prefix(&mut self, prefix: &str) -> anyhow::Result<()> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) if text.starts_with(prefix) => return Ok(()),
+                Some(Ok(Message::Text(text))) if text.as_str() == "2" => self.send_text("3".into()).await?,
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err.into()),
+                None => bail!("connection closed"),
+            }
+        }
+    }
+
+    pub async fn join(&mut self, room: &str) -> anyhow::Result<()> {
+        match self.mode {
+            Mode::Ws => {
+                self.send_text(json!({"type": "join", "room": room}).to_string()).await?;
+                self.expect_prefix(r#"{"type":"joined""#).await
+            }
+            Mode::Socketio => {
+                self.send_text(format!("42{}", json!(["join_room", room]))).await?;
+                self.expect_prefix(r#"42["joined_room""#).await
+            }
+        }
+    }
+
+    pub async fn send(&mut self, room: &str, text: &str, client_id: &str) -> anyhow::Result<()> {
+        let frame = match self.mode {
+            Mode::Ws => json!({"type": "send", "room": room, "text": text, "client_id": client_id}).to_string(),
+            Mode::Socketio => format!("42{}", json!(["send_message", {"roomId": room, "message": text, "username": self.user}])),
+        };
+        self.send_text(frame).await
+    }
+
+    /// The next frame that matters; `None` when the connection ends.
+    pub async fn next(&mut self) -> Option<anyhow::Result<Incoming>> {
+        loop {
+            let text = match self.ws.next().await? {
+                Ok(Message::Text(text)) => text,
+                Ok(Message::Close(_)) => return None,
+                Ok(_) => continue,
+                Err(err) => return Some(Err(err.into())),
+            };
+            return Some(Ok(match self.mode {
+                Mode::Ws => parse_ws(&text),
+                Mode::Socketio if text.as_str() == "2" => {
+                    if let Err(err) = self.send_text("3".into()).await {
+                        return Some(Err(err));
+                    }
+                    continue;
+                }
+                Mode::Socketio => parse_socketio(&text),
+            }));
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+fn parse_ws(text: &str) -> Incoming {
+    let Ok(frame) = serde_json::from_str::<Value>(text) else { return Incoming::Error(format!("invalid JSON from server: {text}")) };
+    match frame["type"].as_str() {
+        Some("message") => Incoming::Message(frame["text"].as_str().unwrap_or_default().to_owned()),
+        Some("ack") => Incoming::Ack,
+        Some("error") => Incoming::Error(format!("{}: {}", frame["code"], frame["message"])),
+        _ => Incoming::Other,
+    }
+}
+
+fn parse_socketio(text: &str) -> Incoming {
+    let Some(payload) = text.strip_prefix("42") else { return Incoming::Other };
+    let Ok(Value::Array(args)) = serde_json::from_str::<Value>(payload) else { return Incoming::Other };
+    match args.first().and_then(Value::as_str) {
+        Some("room_message") => Incoming::Message(args.get(1).and_then(|m| m["message"].as_str()).unwrap_or_default().to_owned()),
+        Some("error") => Incoming::Error(args.get(1).map(Value::to_string).unwrap_or_default()),
+        _ => Incoming::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_protocols() {
+        assert!(matches!(parse_ws(r#"{"type":"message","text":"lg:1:2:3:"}"#), Incoming::Message(t) if t == "lg:1:2:3:"));
+        assert!(matches!(parse_ws(r#"{"type":"ack","seq":1}"#), Incoming::Ack));
+        assert!(matches!(parse_ws("nope"), Incoming::Error(_)));
+        assert!(matches!(parse_socketio(r#"42["room_message",{"message":"hi","username":"u"}]"#), Incoming::Message(t) if t == "hi"));
+        assert!(matches!(parse_socketio("3"), Incoming::Other));
+    }
+}

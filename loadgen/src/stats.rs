@@ -1,0 +1,137 @@
+//! Accounting: what was sent, what each receiver got, and how long it took. Loss and
+//! duplicates are counted from what arrived, never assumed.
+
+use std::collections::HashMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Every load message's text starts with this tag, then `sender:n:sent_micros:`.
+pub const TAG: &str = "lg";
+
+pub fn encode(sender: u32, n: u32, sent_micros: u64, size: usize) -> String {
+    let mut text = format!("{TAG}:{sender}:{n}:{sent_micros}:");
+    while text.len() < size {
+        text.push('x');
+    }
+    text
+}
+
+/// (sender, n, sent_micros) of a load message, `None` for anything else.
+pub fn decode(text: &str) -> Option<(u32, u32, u64)> {
+    let mut parts = text.splitn(5, ':');
+    if parts.next()? != TAG {
+        return None;
+    }
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// What one receiver saw, per sender: messages from one sender arrive in its send order.
+#[derive(Default)]
+pub struct Receiver {
+    last: HashMap<u32, u32>,
+    pub unique: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+}
+
+impl Receiver {
+    /// Records message `n` of `sender`; returns false for a duplicate or late copy.
+    pub fn record(&mut self, sender: u32, n: u32) -> bool {
+        match self.last.get(&sender) {
+            Some(&last) if n == last => {
+                self.duplicates += 1;
+                false
+            }
+            Some(&last) if n < last => {
+                // Either a duplicate or out of order: both break the contract.
+                self.reordered += 1;
+                false
+            }
+            _ => {
+                self.last.insert(sender, n);
+                self.unique += 1;
+                true
+            }
+        }
+    }
+}
+
+/// Latency in microseconds, up to 60 s, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub samples: u64,
+}
+
+pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    let ms = |v: u64| v as f64 / 1000.0;
+    Percentiles {
+        p50_ms: ms(h.value_at_quantile(0.50)),
+        p90_ms: ms(h.value_at_quantile(0.90)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        p999_ms: ms(h.value_at_quantile(0.999)),
+        max_ms: ms(h.max()),
+        samples: h.len(),
+    }
+}
+
+/// Expected deliveries minus unique ones received, never below zero, with the excess
+/// reported separately (more received than expected means extra copies).
+pub fn loss(expected: u64, unique: u64) -> (u64, u64) {
+    (expected.saturating_sub(unique), unique.saturating_sub(expected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_pad_to_size() {
+        let text = encode(7, 42, 123456, 64);
+        assert_eq!(text.len(), 64);
+        assert_eq!(decode(&text), Some((7, 42, 123456)));
+        assert_eq!(decode("hello"), None);
+        assert_eq!(decode("lg:1:x:3:"), None);
+    }
+
+    #[test]
+    fn receivers_count_duplicates_and_reordering() {
+        let mut r = Receiver::default();
+        assert!(r.record(1, 0));
+        assert!(r.record(1, 1));
+        assert!(!r.record(1, 1), "same message twice");
+        assert!(r.record(2, 0), "another sender has its own order");
+        assert!(r.record(1, 3), "a gap is not a duplicate (loss is counted at the end)");
+        assert!(!r.record(1, 2), "arriving after a later one");
+        assert_eq!((r.unique, r.duplicates, r.reordered), (4, 1, 1));
+    }
+
+    #[test]
+    fn loss_is_expected_minus_unique() {
+        assert_eq!(loss(100, 97), (3, 0));
+        assert_eq!(loss(100, 100), (0, 0));
+        assert_eq!(loss(100, 101), (0, 1));
+    }
+
+    #[test]
+    fn percentiles_come_from_the_histogram() {
+        let mut h = histogram();
+        for v in 1..=1000u64 {
+            h.record(v * 1000).expect("in range");
+        }
+        let p = percentiles(&h);
+        assert!((p.p50_ms - 500.0).abs() < 1.0, "{p:?}");
+        assert!((p.p99_ms - 990.0).abs() < 1.5, "{p:?}");
+        assert!((p.max_ms - 1000.0).abs() < 1.0, "{p:?}");
+        assert_eq!(p.samples, 1000);
+    }
+}
