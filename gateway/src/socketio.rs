@@ -101,8 +101,7 @@ fn on_connect(socket: SocketRef, auth: Value, core: Arc<Core>) {
     core.connection_opened(PROTOCOL);
 
     let c = conn.clone();
-    socket.on("join_room", async move |s: SocketRef, Data(args): Data<Value>| {
-        let (room, previous) = two_args(&args);
+    socket.on("join_room", async move |s: SocketRef, Data(JoinRoomArgs(room, previous)): Data<JoinRoomArgs>| {
         if let Some(previous) = previous.filter(|p| c.rooms().get(p).is_some()) {
             leave(&c, &previous);
         }
@@ -113,7 +112,7 @@ fn on_connect(socket: SocketRef, auth: Value, core: Arc<Core>) {
     });
     let c = conn.clone();
     socket.on("send_message", async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
-        let payload: Result<OriginalSend, _> = serde_json::from_value(first_arg(args));
+        let payload: Result<OriginalSend, _> = serde_json::from_value(args);
         let Ok(payload) = payload else {
             return emit_error(&s, Refusal::new("bad_request", "invalid_field", "send_message needs {roomId, message, username}"), None);
         };
@@ -124,7 +123,7 @@ fn on_connect(socket: SocketRef, auth: Value, core: Arc<Core>) {
     });
     let c = conn.clone();
     socket.on("create_room", async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
-        let payload: Result<CreateRoom, _> = serde_json::from_value(first_arg(args));
+        let payload: Result<CreateRoom, _> = serde_json::from_value(args);
         let Ok(payload) = payload else {
             return emit_error(&s, Refusal::new("bad_request", "invalid_field", "create_room needs {roomName, roomId}"), None);
         };
@@ -142,20 +141,20 @@ fn on_connect(socket: SocketRef, auth: Value, core: Arc<Core>) {
     });
     let c = conn.clone();
     socket.on("join", async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
-        match serde_json::from_value::<JoinArgs>(first_arg(args)) {
+        match serde_json::from_value::<JoinArgs>(args) {
             Ok(JoinArgs { room, since }) => join(&c, &s, room, since, Style::Roomcast, Some(ack)),
             Err(err) => ack_error(ack, Refusal::new("bad_request", "invalid_field", format!("join needs {{room, since?}}: {err}")), None),
         }
     });
     let c = conn.clone();
     socket.on("leave", async move |Data(args): Data<Value>, ack: AckSender| {
-        let room = first_arg(args).get("room").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let room = args.get("room").and_then(Value::as_str).unwrap_or_default().to_owned();
         leave(&c, &room);
         let _ = ack.send(&json!({"room": room}));
     });
     let c = conn.clone();
     socket.on("send", async move |Data(args): Data<Value>, ack: AckSender| {
-        let args: SendArgs = match serde_json::from_value(first_arg(args)) {
+        let args: SendArgs = match serde_json::from_value(args) {
             Ok(args) => args,
             Err(err) => return ack_error(ack, Refusal::new("bad_request", "invalid_field", format!("send needs {{room, text, client_id?}}: {err}")), None),
         };
@@ -172,7 +171,7 @@ fn on_connect(socket: SocketRef, auth: Value, core: Arc<Core>) {
     });
     let c = conn.clone();
     socket.on("history", async move |Data(args): Data<Value>, ack: AckSender| {
-        let args: HistoryArgs = match serde_json::from_value(first_arg(args)) {
+        let args: HistoryArgs = match serde_json::from_value(args) {
             Ok(args) => args,
             Err(err) => return ack_error(ack, Refusal::new("bad_request", "invalid_field", format!("history needs {{room, before?, limit?}}: {err}")), None),
         };
@@ -209,19 +208,25 @@ fn query_user(socket: &SocketRef) -> Option<String> {
     form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "user").map(|(_, v)| v.into_owned())
 }
 
-/// Socket.IO hands several arguments over as an array, a single one as itself.
-fn first_arg(args: Value) -> Value {
-    match args {
-        Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
-        other => other,
-    }
-}
+/// `join_room(roomId, previousRoomId?)`: one or two arguments. socketioxide hands a
+/// handler only the first argument unless the type deserializes as a tuple.
+struct JoinRoomArgs(Option<String>, Option<String>);
 
-fn two_args(args: &Value) -> (Option<String>, Option<String>) {
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
-    match args {
-        Value::Array(items) => (text(items.first()), text(items.get(1))),
-        single => (text(Some(single)), None),
+impl<'de> Deserialize<'de> for JoinRoomArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Args;
+        impl<'de> serde::de::Visitor<'de> for Args {
+            type Value = JoinRoomArgs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("roomId and an optional previousRoomId")
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(self, mut seq: S) -> Result<JoinRoomArgs, S::Error> {
+                let room = seq.next_element::<Option<String>>()?.flatten();
+                let previous = seq.next_element::<Option<String>>()?.flatten();
+                Ok(JoinRoomArgs(room, previous))
+            }
+        }
+        deserializer.deserialize_tuple(2, Args)
     }
 }
 
