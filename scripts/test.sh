@@ -16,3 +16,5 @@ echo "== build"
 cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== browser and socket.io-client tests"
+bash scripts/test-e2e.sh
