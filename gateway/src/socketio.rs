@@ -20,6 +20,7 @@ use socketioxide::SocketIo;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::metrics::METRICS;
 use crate::protocol::{visible, Refusal, WireMessage};
 use crate::rooms::{MemberId, Sink};
 use crate::Core;
@@ -358,6 +359,7 @@ struct SocketSink {
 
 impl SocketSink {
     fn emit(&self, event: &str, data: &Value) {
+        METRICS.frames_sent_socketio.increment(1);
         if self.socket.emit(event, data).is_err() && self.socket.connected() {
             // Its buffer is full: a slow consumer, closed so it cannot hold up the room.
             metrics::counter!("roomcast_gateway_slow_consumer_disconnects_total").increment(1);

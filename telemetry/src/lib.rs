@@ -2,9 +2,11 @@
 //! recorder, process metrics, and the admin endpoint (`/metrics`, `/healthz`, `/readyz`).
 
 mod admin;
+mod logging;
 mod signal;
 
 pub use admin::{bind, serve_admin, Readiness};
+pub use logging::init_logging;
 pub use signal::terminated;
 
 use anyhow::Context;
@@ -17,19 +19,6 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 /// Buckets for counts (batch sizes).
 const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
-
-/// Starts JSON logging, filtered by `RUST_LOG` (default `info`). Safe to call twice:
-/// the second call is a no-op, so tests that embed several tiers can call it freely.
-pub fn init_logging(service: &'static str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(false)
-        .try_init();
-    tracing::debug!(service, "logging started");
-}
 
 /// Installs the global Prometheus recorder and records `roomcast_build_info`.
 pub fn init_metrics(service: &'static str) -> anyhow::Result<PrometheusHandle> {
