@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Scenario 2 of BENCHMARKS.md: idle connections. N connections (default 20,000), each
+# joined to one of 10 rooms and then silent (loadgen --idle), held by ONE server process:
+#
+#   roomcast  one gateway (distributed stack: persister + 1 x (fanout + gateway), Redis, secantusd)
+#   peer      one Node peer (bench/peer) on Redis
+#
+# The figure is (VmRSS while holding - VmRSS before) / connections held, in KiB, of the
+# server process (/proc/PID/status). The load comes from two loadgen processes, so that
+# neither needs more file descriptors than the server.
+#
+#   bash bench/idle.sh                       # about 3 minutes
+#   IDLE_CONNECTIONS=5000 IDLE_SYSTEMS=peer bash bench/idle.sh
+#
+# A process can hold at most `ulimit -Hn` descriptors. The script raises the soft limit to
+# the hard one; when N connections plus a reserve for the server's own descriptors do not
+# fit under it, it holds as many as do, and says so.
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+WANTED=${IDLE_CONNECTIONS:-20000}
+SYSTEMS=${IDLE_SYSTEMS:-"roomcast peer"}
+RAMP=${IDLE_RAMP_SECONDS:-40}
+HOLD=${IDLE_HOLD_SECONDS:-20}
+ROOMS=10
+RESERVE=500   # descriptors left to the server for its listeners, upstreams, epoll, logs
+
+bench_init idle
+LOADGEN=$(need_bin loadgen)
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+N=$WANTED
+if ((N + RESERVE > NOFILE)); then
+  N=$(((NOFILE - RESERVE) / 100 * 100))
+  log "$WANTED connections do not fit: the open-files limit is $NOFILE (hard limit $(ulimit -Hn), which this user cannot raise);" \
+    "holding $N so that the server keeps $RESERVE descriptors for itself"
+fi
+machine_line | tee "$RUN_DIR/machine.txt" >&2
+RESULTS=$RUN_DIR/idle.tsv
+printf 'system\twanted\tnofile\theld\trss_before_kib\trss_during_kib\trss_after_kib\tkib_per_conn\tconnect_errors\tconnect_p99_ms\n' >"$RESULTS"
+
+# hold SYSTEM PID PORT URL MODE: the measurement against one server process.
+hold() {
+  local system=$1 pid=$2 port=$3 url=$4 mode=$5
+  local half=$((N / 2)) i lgs=() before during=0 after held=0 samples=""
+  sleep 2
+  before=$(rss_kib "$pid")
+  log "$system: pid $pid VmRSS before: $before KiB; opening $N connections over ${RAMP}s"
+  for i in 0 1; do
+    local count=$half
+    if ((i == 1)); then count=$((N - half)); fi
+    "$LOADGEN" --target "$url" --mode "$mode" --connections "$count" --rooms "$ROOMS" --idle \
+      --duration "$HOLD" --ramp-up "$RAMP" --drain 1 --quiet --max-connections "$N" \
+      --json "$RUN_DIR/$system-loadgen-$i.json" >"$RUN_DIR/logs/loadgen-$system-$i.log" 2>&1 &
+    lgs+=($!)
+  done
+  # Until all are established (or the ramp and its grace are over), then a few samples.
+  local deadline=$((SECONDS + RAMP + 25))
+  while (($(established "$port") < N)) && ((SECONDS < deadline)) && is_alive "${lgs[0]}"; do sleep 0.5; done
+  sleep 3
+  for _ in 1 2 3; do
+    local rss conns
+    rss=$(rss_kib "$pid")
+    conns=$(established "$port")
+    samples+="$conns:$rss "
+    if ((rss > during)); then during=$rss; fi
+    if ((conns > held)); then held=$conns; fi
+    sleep 2
+  done
+  log "$system: held $held connections; samples (connections:VmRSS KiB) $samples"
+  local lg rc=0
+  for lg in "${lgs[@]}"; do
+    local limit=$((SECONDS + RAMP + HOLD + 60))
+    while is_alive "$lg" && ((SECONDS < limit)); do sleep 0.5; done
+    if is_alive "$lg"; then kill -TERM "$lg" 2>/dev/null || true; fi
+    wait "$lg" || rc=$?
+  done
+  sleep 2
+  after=$(rss_kib "$pid")
+  python3 - "$RESULTS" "$system" "$WANTED" "$NOFILE" "$held" "$before" "$during" "$after" "$RUN_DIR/$system-loadgen-0.json" "$RUN_DIR/$system-loadgen-1.json" <<'EOF'
+import json, os, sys
+out, system, wanted, nofile, held, before, during, after = sys.argv[1:9]
+errors, p99 = 0, 0.0
+for f in sys.argv[9:]:
+    if os.path.exists(f) and os.path.getsize(f):
+        j = json.load(open(f))
+        errors += j["connect_errors"] + j["send_errors"]
+        p99 = max(p99, j["connect_time"]["p99_ms"])
+    else:
+        errors = -1
+per = (int(during) - int(before)) / int(held) if int(held) else float("nan")
+with open(out, "a") as fh:
+    fh.write("\t".join(str(x) for x in [system, wanted, nofile, held, before, during, after, f"{per:.2f}", errors, p99]) + "\n")
+EOF
+  log "$system: $(tail -1 "$RESULTS" | awk -F'\t' '{printf "%s connections held, VmRSS %s -> %s KiB (after: %s), %s KiB per connection, connect errors %s, connect p99 %s ms", $4, $5, $6, $7, $8, $9, $10}')"
+  if ((rc != 0)); then log "$system: a loadgen exited $rc: $(grep -h FAIL "$RUN_DIR"/logs/loadgen-"$system"-*.log | head -2 | tr '\n' ' ')"; fi
+}
+
+for system in $SYSTEMS; do
+  case $system in
+    roomcast)
+      start_stack 1
+      hold roomcast "${GATEWAY_PIDS[0]}" "${GATEWAY_PORTS[0]}" "$GATEWAY_URLS" ws
+      save_metrics gateway-0 "${GATEWAY_METRICS_PORTS[0]}"
+      log "roomcast: fanout VmRSS $(rss_kib "${FANOUT_PIDS[0]}") KiB, persister $(rss_kib "$PERSISTER_PID") KiB (not counted)"
+      stop_stack
+      ;;
+    peer)
+      start_peers 1
+      hold peer "${PEER_PIDS[0]}" "${PEER_PORTS[0]}" "$PEER_URLS" socketio
+      stop_peers
+      ;;
+    *) die "unknown system $system (roomcast, peer)" ;;
+  esac
+done
+
+python3 - "$RESULTS" <<'EOF' | tee "$RUN_DIR/summary.txt"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+print("| system | connections held | VmRSS before KiB | VmRSS holding KiB | VmRSS after close KiB | KiB per connection | connect errors | connect p99 ms |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    print(f"| {r['system']} | {r['held']} | {r['rss_before_kib']} | {r['rss_during_kib']} | {r['rss_after_kib']} | {r['kib_per_conn']} | {r['connect_errors']} | {r['connect_p99_ms']} |")
+by = {r["system"]: float(r["kib_per_conn"]) for r in rows}
+if "roomcast" in by and "peer" in by and by["roomcast"] > 0:
+    print(f"\npeer/roomcast memory per connection: {by['peer'] / by['roomcast']:.2f}x")
+EOF
+log "done in ${SECONDS}s"

@@ -1,0 +1,314 @@
+# shellcheck shell=bash
+# Shared helpers of the benchmark scripts (bench/*.sh); sourced, never run.
+#
+# Everything a script starts goes through bg_start, which records its pid; bench_cleanup
+# (installed as an EXIT/INT/TERM trap by bench_init) stops exactly those pids, newest
+# first: SIGTERM, then SIGKILL after a grace period. Nothing is killed by name.
+# Every service listens on 127.0.0.1 on a free port; nothing uses Redis's 6379.
+#
+# Binaries come from $ROOMCAST_BIN_DIR (default target/release): these scripts never build.
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+BIN_DIR=${ROOMCAST_BIN_DIR:-$ROOT/target/release}
+SECANTUSD=${ROOMCAST_SECANTUSD:-$ROOT/.tools/venv-secantus/bin/secantusd-py}
+PEER_DIR=$BENCH_DIR/peer
+CLK_TCK=$(getconf CLK_TCK)
+
+BENCH_PIDS=()   # every process started with bg_start, in start order
+BENCH_NAMES=()  # their names, same order
+BENCH_TMP=""    # scratch dir (stores, redis dirs), removed at exit
+RUN_DIR=""      # bench/results/<scenario>-<stamp>: raw JSON, logs, metrics
+GIVEN_PORTS=" "
+BENCH_RUST_ENV=${BENCH_RUST_ENV:-}  # extra VAR=value words for the Rust services (e.g. a diagnostic LD_PRELOAD)
+
+log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# bench_init SCENARIO: results dir, scratch dir, cleanup trap, and the tools it needs.
+bench_init() {
+  local scenario=$1
+  local stamp
+  stamp=$(date -u +%Y%m%dT%H%M%SZ)
+  RUN_DIR=$BENCH_DIR/results/$scenario-$stamp
+  mkdir -p "$RUN_DIR/logs"
+  ln -sfn "$(basename "$RUN_DIR")" "$BENCH_DIR/results/$scenario-latest"
+  BENCH_TMP=$(mktemp -d "/tmp/roomcast-bench-$scenario-XXXXXX")
+  trap bench_cleanup EXIT
+  trap 'log "interrupted"; exit 130' INT TERM
+  command -v python3 >/dev/null || die "python3 is needed (JSON and port helpers)"
+  command -v curl >/dev/null || die "curl is needed (readiness and /metrics)"
+  log "results in ${RUN_DIR#"$ROOT"/}"
+}
+
+# is_alive PID: running (a zombie, exited but not yet reaped, counts as gone).
+is_alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat%% *} != Z ]]
+}
+
+bench_cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  local i pid alive
+  for ((i = ${#BENCH_PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${BENCH_PIDS[i]}
+    if is_alive "$pid"; then kill -TERM "$pid" 2>/dev/null; fi
+  done
+  for _ in $(seq 1 50); do
+    alive=0
+    for pid in "${BENCH_PIDS[@]}"; do if is_alive "$pid"; then alive=1; fi; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for ((i = ${#BENCH_PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${BENCH_PIDS[i]}
+    if is_alive "$pid"; then
+      log "killing ${BENCH_NAMES[i]} (pid $pid) after 5 s"
+      kill -KILL "$pid" 2>/dev/null
+    fi
+  done
+  wait 2>/dev/null
+  [[ -n $BENCH_TMP && -d $BENCH_TMP ]] && rm -rf "$BENCH_TMP"
+  exit "$rc"
+}
+
+# need_bin NAME -> path of a release binary, or exit with what to do.
+need_bin() {
+  local file=$BIN_DIR/$1
+  [[ -x $file ]] || die "$file is missing: build it first (cargo build --release --workspace --bins); these scripts never build"
+  printf '%s\n' "$file"
+}
+
+# bg_start NAME PROGRAM ARGS...: starts it in the background, output to logs/NAME.log;
+# sets LAST_PID.
+bg_start() {
+  local name=$1
+  shift
+  local logfile=$RUN_DIR/logs/$name.log
+  printf '# %s\n' "$*" >"$logfile"
+  "$@" >>"$logfile" 2>&1 &
+  LAST_PID=$!
+  BENCH_PIDS+=("$LAST_PID")
+  BENCH_NAMES+=("$name")
+}
+
+# bg_stop PID...: stops some of what was started (SIGTERM, SIGKILL after 5 s), and forgets them.
+bg_stop() {
+  local pid i
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 50); do
+    local alive=0
+    for pid in "$@"; do if is_alive "$pid"; then alive=1; fi; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for pid in "$@"; do
+    if is_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    wait "$pid" 2>/dev/null || true
+    for i in "${!BENCH_PIDS[@]}"; do
+      if [[ ${BENCH_PIDS[i]} == "$pid" ]]; then unset 'BENCH_PIDS[i]' 'BENCH_NAMES[i]'; fi
+    done
+  done
+  BENCH_PIDS=("${BENCH_PIDS[@]}")
+  BENCH_NAMES=("${BENCH_NAMES[@]}")
+}
+
+# free_port VAR...: sets each VAR to a loopback port nothing listens on, never handed out
+# twice by this script (not called in $(...), so that it can remember what it gave).
+free_port() {
+  local _fp_var _fp_port
+  for _fp_var in "$@"; do
+    while :; do
+      _fp_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+      [[ $GIVEN_PORTS == *" $_fp_port "* ]] || break
+    done
+    GIVEN_PORTS+="$_fp_port "
+    printf -v "$_fp_var" '%s' "$_fp_port"
+  done
+}
+
+# wait_port PID NAME PORT [SECONDS]: until something accepts on 127.0.0.1:PORT.
+wait_port() {
+  local pid=$1 name=$2 port=$3 limit=${4:-60}
+  local deadline=$((SECONDS + limit))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    is_alive "$pid" || { tail -20 "$RUN_DIR/logs/$name.log" >&2; die "$name exited before listening on $port"; }
+    ((SECONDS < deadline)) || die "$name did not listen on $port within ${limit}s"
+    sleep 0.1
+  done
+}
+
+# wait_ready PID NAME PORT [SECONDS]: until GET /readyz on PORT answers 200.
+wait_ready() {
+  local pid=$1 name=$2 port=$3 limit=${4:-60}
+  local deadline=$((SECONDS + limit))
+  until curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null; do
+    is_alive "$pid" || { tail -20 "$RUN_DIR/logs/$name.log" >&2; die "$name exited before it was ready"; }
+    ((SECONDS < deadline)) || die "$name was not ready on $port within ${limit}s"
+    sleep 0.2
+  done
+}
+
+# start_redis NAME -> sets REDIS_PORT, REDIS_URL, REDIS_PID.
+start_redis() {
+  local name=$1
+  command -v redis-server >/dev/null || die "redis-server is missing: bash scripts/setup-test-deps.sh installs it"
+  free_port REDIS_PORT
+  mkdir -p "$BENCH_TMP/$name"
+  bg_start "$name" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$BENCH_TMP/$name" --protected-mode yes
+  REDIS_PID=$LAST_PID
+  REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+  wait_port "$REDIS_PID" "$name" "$REDIS_PORT"
+}
+
+# start_mongo NAME -> sets MONGO_PORT, MONGO_URI, MONGO_PID (a fresh secantusd-py store).
+start_mongo() {
+  local name=$1
+  [[ -x $SECANTUSD ]] || die "$SECANTUSD is missing: bash scripts/setup-test-deps.sh installs it"
+  free_port MONGO_PORT
+  mkdir -p "$BENCH_TMP/$name"
+  bg_start "$name" "$SECANTUSD" --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$BENCH_TMP/$name" --log-level WARNING
+  MONGO_PID=$LAST_PID
+  MONGO_URI="mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true"
+  wait_port "$MONGO_PID" "$name" "$MONGO_PORT" 90
+}
+
+# start_persister NAME -> sets PERSISTER_PORT, PERSISTER_URL, PERSISTER_PID, PERSISTER_METRICS
+# (needs MONGO_URI).
+start_persister() {
+  local name=$1
+  local bin
+  bin=$(need_bin persister)
+  free_port PERSISTER_PORT PERSISTER_METRICS
+  bg_start "$name" env RUST_LOG=warn $BENCH_RUST_ENV "$bin" --listen "127.0.0.1:$PERSISTER_PORT" \
+    --metrics-listen "127.0.0.1:$PERSISTER_METRICS" --mongodb "$MONGO_URI"
+  PERSISTER_PID=$LAST_PID
+  PERSISTER_URL=http://127.0.0.1:$PERSISTER_PORT
+  wait_port "$PERSISTER_PID" "$name" "$PERSISTER_PORT"
+  wait_ready "$PERSISTER_PID" "$name" "$PERSISTER_METRICS" 90
+}
+
+# start_stack N: redis + secantusd + persister + N x (fanout, gateway), every gateway ready.
+# Sets GATEWAY_URLS (comma separated), GATEWAY_PIDS, GATEWAY_PORTS, GATEWAY_METRICS_PORTS,
+# FANOUT_PIDS, FANOUT_METRICS_PORTS, and everything start_redis/mongo/persister set.
+# Skips redis/mongo/persister when they are already running (REDIS_URL/PERSISTER_URL set).
+start_stack() {
+  local n=$1
+  local fanout_bin gateway_bin i fport fmetrics gport gmetrics
+  fanout_bin=$(need_bin fanout)
+  gateway_bin=$(need_bin gateway)
+  local tag=${STACK_TAG:-}
+  [[ -n ${REDIS_PID:-} ]] || start_redis "${tag}redis"
+  [[ -n ${MONGO_PID:-} ]] || start_mongo "${tag}secantusd"
+  [[ -n ${PERSISTER_PID:-} ]] || start_persister "${tag}persister"
+  GATEWAY_PIDS=() GATEWAY_PORTS=() GATEWAY_METRICS_PORTS=() FANOUT_PIDS=() FANOUT_METRICS_PORTS=()
+  local urls=()
+  for ((i = 0; i < n; i++)); do
+    free_port fport fmetrics gport gmetrics
+    bg_start "${tag}fanout-$i" env RUST_LOG=warn $BENCH_RUST_ENV "$fanout_bin" --listen "127.0.0.1:$fport" \
+      --metrics-listen "127.0.0.1:$fmetrics" --redis "$REDIS_URL"
+    FANOUT_PIDS+=("$LAST_PID")
+    FANOUT_METRICS_PORTS+=("$fmetrics")
+    wait_port "$LAST_PID" "${tag}fanout-$i" "$fport"
+    bg_start "${tag}gateway-$i" env RUST_LOG=warn $BENCH_RUST_ENV "$gateway_bin" --listen "127.0.0.1:$gport" \
+      --metrics-listen "127.0.0.1:$gmetrics" --fanout "http://127.0.0.1:$fport" \
+      --persister "$PERSISTER_URL" --drain-seconds 1
+    GATEWAY_PIDS+=("$LAST_PID")
+    GATEWAY_PORTS+=("$gport")
+    GATEWAY_METRICS_PORTS+=("$gmetrics")
+    urls+=("http://127.0.0.1:$gport")
+  done
+  for ((i = 0; i < n; i++)); do
+    wait_ready "${GATEWAY_PIDS[i]}" "${tag}gateway-$i" "${GATEWAY_PORTS[i]}" 90
+  done
+  GATEWAY_URLS=$(IFS=,; echo "${urls[*]}")
+  log "roomcast stack ready: $n x (gateway + fanout), persister, redis :$REDIS_PORT, secantusd :$MONGO_PORT"
+}
+
+# stop_stack: stops everything start_stack started (and the store and redis under it).
+stop_stack() {
+  bg_stop "${GATEWAY_PIDS[@]}"
+  bg_stop "${FANOUT_PIDS[@]}"
+  bg_stop "$PERSISTER_PID"
+  bg_stop "$MONGO_PID"
+  bg_stop "$REDIS_PID"
+  GATEWAY_PIDS=() FANOUT_PIDS=()
+  unset PERSISTER_PID MONGO_PID REDIS_PID REDIS_URL PERSISTER_URL
+}
+
+# ensure_peer_deps: npm ci in bench/peer when its node_modules is missing or stale.
+ensure_peer_deps() {
+  command -v node >/dev/null || die "node is missing (the peer is a Node server)"
+  if [[ ! -d $PEER_DIR/node_modules/socket.io || $PEER_DIR/package-lock.json -nt $PEER_DIR/node_modules/.package-lock.json ]]; then
+    log "installing the peer's packages (npm ci in bench/peer)"
+    (cd "$PEER_DIR" && npm ci --no-audit --no-fund --loglevel=error) >&2 || die "npm ci in bench/peer failed"
+  fi
+}
+
+# start_peers N: N Node peers on one (new) redis. Sets PEER_URLS, PEER_PIDS, PEER_PORTS.
+start_peers() {
+  local n=$1 i port
+  ensure_peer_deps
+  [[ -n ${REDIS_PID:-} ]] || start_redis peer-redis
+  PEER_PIDS=() PEER_PORTS=()
+  local urls=()
+  for ((i = 0; i < n; i++)); do
+    free_port port
+    bg_start "peer-$i" env PORT="$port" REDIS_URL="$REDIS_URL" NODE_ENV=production node "$PEER_DIR/server.js"
+    PEER_PIDS+=("$LAST_PID")
+    PEER_PORTS+=("$port")
+    urls+=("http://127.0.0.1:$port")
+  done
+  for ((i = 0; i < n; i++)); do
+    wait_ready "${PEER_PIDS[i]}" "peer-$i" "${PEER_PORTS[i]}" 30
+  done
+  PEER_URLS=$(IFS=,; echo "${urls[*]}")
+  log "peer ready: $n x node ($(node --version)) on redis :$REDIS_PORT"
+}
+
+stop_peers() {
+  bg_stop "${PEER_PIDS[@]}"
+  bg_stop "$REDIS_PID"
+  PEER_PIDS=()
+  unset REDIS_PID REDIS_URL
+}
+
+# rss_kib PID -> VmRSS in KiB.
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# cpu_ticks PID -> utime + stime of the process (all its threads), in clock ticks.
+cpu_ticks() {
+  # Field 2 (comm) can hold spaces: cut after the last ')'.
+  local stat
+  stat=$(<"/proc/$1/stat") || { echo 0; return; }
+  stat=${stat##*) }
+  # Fields from 3 on: state is $1, so utime (14) is $12 and stime (15) is $13.
+  awk '{print $12 + $13}' <<<"$stat"
+}
+
+# established PORT... -> TCP connections established to any of the ports (client side).
+established() {
+  local filter="" p
+  for p in "$@"; do filter+="${filter:+ or }dport = :$p"; done
+  ss -Htn state established "( $filter )" 2>/dev/null | wc -l
+}
+
+# json_get FILE EXPR: a Python expression over the JSON in FILE, bound to `j`.
+json_get() { python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
+
+# save_metrics NAME PORT: GET /metrics of an admin port into RUN_DIR/metrics/NAME.prom.
+save_metrics() {
+  mkdir -p "$RUN_DIR/metrics"
+  curl -fsS -m 5 "http://127.0.0.1:$2/metrics" >"$RUN_DIR/metrics/$1.prom" 2>/dev/null || log "could not read /metrics of $1"
+}
+
+machine_line() {
+  printf '%s nproc=%s, %s, %s GiB RAM, kernel %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(nproc)" \
+    "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" \
+    "$(awk '/^MemTotal:/ {printf "%.1f", $2 / 1048576}' /proc/meminfo)" "$(uname -r)"
+}
