@@ -4,12 +4,13 @@
 #
 #   roomcast  one gateway (distributed stack: persister + 1 x (fanout + gateway), Redis, secantusd)
 #   peer      one Node peer (bench/peer) on Redis
+#   ceiling   the minimal tokio-tungstenite server (bench/src/bin/ceiling.rs), as a reference
 #
 # The figure is (VmRSS while holding - VmRSS before) / connections held, in KiB, of the
 # server process (/proc/PID/status). The load comes from two loadgen processes, so that
 # neither needs more file descriptors than the server.
 #
-#   bash bench/idle.sh                       # about 3 minutes
+#   bash bench/idle.sh                       # about 4 minutes
 #   IDLE_CONNECTIONS=5000 IDLE_SYSTEMS=peer bash bench/idle.sh
 #
 # A process can hold at most `ulimit -Hn` descriptors. The script raises the soft limit to
@@ -20,7 +21,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 WANTED=${IDLE_CONNECTIONS:-20000}
-SYSTEMS=${IDLE_SYSTEMS:-"roomcast peer"}
+SYSTEMS=${IDLE_SYSTEMS:-"roomcast peer ceiling"}
 RAMP=${IDLE_RAMP_SECONDS:-40}
 HOLD=${IDLE_HOLD_SECONDS:-20}
 ROOMS=10
@@ -69,6 +70,12 @@ hold() {
     sleep 2
   done
   log "$system: held $held connections; samples (connections:VmRSS KiB) $samples"
+  # Where the memory is: the process's status and its largest mappings by RSS.
+  {
+    grep -E '^(VmRSS|VmHWM|RssAnon|RssFile|Threads)' "/proc/$pid/status"
+    echo "largest mappings by Rss (KiB):"
+    awk '/^[0-9a-f]+-[0-9a-f]+ / {name = ($6 == "" ? "[anon]" : $6); range = $1} /^Rss:/ {print $2, range, name}' "/proc/$pid/smaps" | sort -rn | head -8
+  } >"$RUN_DIR/$system-memory.txt" 2>/dev/null || true
   local lg rc=0
   for lg in "${lgs[@]}"; do
     local limit=$((SECONDS + RAMP + HOLD + 60))
@@ -111,7 +118,17 @@ for system in $SYSTEMS; do
       hold peer "${PEER_PIDS[0]}" "${PEER_PORTS[0]}" "$PEER_URLS" socketio
       stop_peers
       ;;
-    *) die "unknown system $system (roomcast, peer)" ;;
+    ceiling)
+      # A reference, not a contender: the minimal tokio-tungstenite server of fanout.sh
+      # (default WebSocketConfig, no rooms beyond a list, no history).
+      free_port CEILING_PORT
+      bg_start ceiling "$(need_bin ceiling)" --listen "127.0.0.1:$CEILING_PORT"
+      CEILING_PID=$LAST_PID
+      wait_port "$CEILING_PID" ceiling "$CEILING_PORT"
+      hold ceiling "$CEILING_PID" "$CEILING_PORT" "http://127.0.0.1:$CEILING_PORT" ws
+      bg_stop "$CEILING_PID"
+      ;;
+    *) die "unknown system $system (roomcast, peer, ceiling)" ;;
   esac
 done
 
