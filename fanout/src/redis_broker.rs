@@ -61,8 +61,7 @@ impl RedisBroker {
     /// Connects lazily to `url`: the broker starts even while Redis is down, and
     /// [`RedisBroker::is_up`] tells readiness.
     pub fn open(url: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|err| anyhow::anyhow!("invalid Redis URL {url:?}: {err}"))?;
+        let client = redis::Client::open(url).map_err(|err| anyhow::anyhow!("invalid Redis URL {url:?}: {err}"))?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(TIMEOUT))
             .set_connection_timeout(Some(TIMEOUT))
@@ -165,11 +164,7 @@ impl Broker for RedisBroker {
 }
 
 /// Owns the pub/sub connection for the broker's lifetime, reconnecting forever.
-async fn subscriber(
-    client: redis::Client,
-    shared: Arc<Shared>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-) {
+async fn subscriber(client: redis::Client, shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
     let mut connected_before = false;
     loop {
         let pubsub = match client.get_async_pubsub().await {

@@ -49,7 +49,9 @@ impl Registry {
 
     /// Returns true when `room` has no link left (the last subscriber went).
     pub fn unsubscribe(&mut self, link: LinkId, room: &str) -> bool {
-        let Some(links) = self.rooms.get_mut(room) else { return false };
+        let Some(links) = self.rooms.get_mut(room) else {
+            return false;
+        };
         links.remove(&link);
         let last = links.is_empty();
         if last {
@@ -70,7 +72,9 @@ impl Registry {
     /// Sends `event` to one link. A full or closed link is dropped; its gateway
     /// reconnects and resyncs from the store.
     pub fn send(&mut self, link: LinkId, event: Event) {
-        let Some(tx) = self.links.get(&link) else { return };
+        let Some(tx) = self.links.get(&link) else {
+            return;
+        };
         match tx.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {

@@ -52,10 +52,7 @@ impl Fanout for FanoutService {
 
     type SubscribeStream = EventStream;
 
-    async fn subscribe(
-        &self,
-        req: Request<Streaming<Interest>>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(&self, req: Request<Streaming<Interest>>) -> Result<Response<Self::SubscribeStream>, Status> {
         let mut incoming = req.into_inner();
         let link = self.broker.connect().await.map_err(to_status)?;
         let interests = link.interests;

@@ -99,7 +99,9 @@ impl Sink for Outbox {
     }
 
     fn unavailable(&self, room: &str, message: &str) {
-        self.push_json(ServerFrame::Error { code: "unavailable", message, client_id: None, room: Some(room) }.to_json());
+        self.push_json(
+            ServerFrame::Error { code: "unavailable", message, client_id: None, room: Some(room) }.to_json(),
+        );
     }
 }
 

@@ -107,9 +107,20 @@ pub enum ServerFrame<'a> {
         truncated: bool,
     },
     Message(WireMessage<'a>),
-    Ack { client_id: &'a str, room: &'a str, seq: u64, id: &'a str, ts: i64 },
-    History { room: &'a str, messages: Vec<WireMessage<'a>> },
-    Left { room: &'a str },
+    Ack {
+        client_id: &'a str,
+        room: &'a str,
+        seq: u64,
+        id: &'a str,
+        ts: i64,
+    },
+    History {
+        room: &'a str,
+        messages: Vec<WireMessage<'a>>,
+    },
+    Left {
+        room: &'a str,
+    },
     Error {
         code: &'a str,
         message: &'a str,
@@ -161,15 +172,30 @@ mod tests {
         assert_eq!(kind(r#"{"type":"join","room":5}"#), Some(("bad_request", "invalid_field")));
         assert_eq!(kind(r#"{"type":"join","room":"a","extra":1}"#), Some(("bad_request", "invalid_field")));
         assert_eq!(kind(r#"{"type":"join","room":"a b"}"#), Some(("invalid_room", "invalid_field")));
-        assert_eq!(kind(&format!(r#"{{"type":"join","room":"{}"}}"#, "r".repeat(65))), Some(("invalid_room", "invalid_field")));
+        assert_eq!(
+            kind(&format!(r#"{{"type":"join","room":"{}"}}"#, "r".repeat(65))),
+            Some(("invalid_room", "invalid_field"))
+        );
         assert_eq!(kind(&"x".repeat(16 * 1024 + 1)), Some(("too_large", "too_large")));
         assert_eq!(kind(r#"{"type":"send","room":"a","text":""}"#), Some(("bad_request", "invalid_field")));
     }
 
     #[test]
     fn server_frames_match_the_protocol() {
-        let msg = ChatMessage { room: "a".into(), seq: 2, id: "i".into(), user: "u".into(), text: "<b>".into(), ts: 7, ..Default::default() };
-        let json: serde_json::Value = serde_json::from_str(&ServerFrame::Message(WireMessage::from(&msg)).to_json()).expect("json");
-        assert_eq!(json, serde_json::json!({"type":"message","room":"a","seq":2,"id":"i","user":"u","text":"<b>","ts":7}));
+        let msg = ChatMessage {
+            room: "a".into(),
+            seq: 2,
+            id: "i".into(),
+            user: "u".into(),
+            text: "<b>".into(),
+            ts: 7,
+            ..Default::default()
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&ServerFrame::Message(WireMessage::from(&msg)).to_json()).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"type":"message","room":"a","seq":2,"id":"i","user":"u","text":"<b>","ts":7})
+        );
     }
 }

@@ -93,7 +93,9 @@ impl Rooms {
 
     pub fn leave(&self, room: &str, member: MemberId) {
         let mut map = self.map();
-        let Some(entry) = map.get_mut(room) else { return };
+        let Some(entry) = map.get_mut(room) else {
+            return;
+        };
         let _ = entry.commands.send(Command::Leave { member });
         entry.members -= 1;
         if entry.members == 0 {
@@ -152,7 +154,12 @@ struct RoomTask {
 }
 
 impl RoomTask {
-    fn new(room: &str, archive: Arc<dyn Archive>, limits: &Limits, commands: mpsc::WeakUnboundedSender<Command>) -> Self {
+    fn new(
+        room: &str,
+        archive: Arc<dyn Archive>,
+        limits: &Limits,
+        commands: mpsc::WeakUnboundedSender<Command>,
+    ) -> Self {
         Self {
             room: room.to_owned(),
             archive,
@@ -245,7 +252,9 @@ impl RoomTask {
     }
 
     fn loaded(&mut self, id: MemberId, since: Option<u64>, result: Result<Page, StoreError>) {
-        let Some(member) = self.members.get_mut(&id) else { return };
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
         let page = match result {
             Ok(page) => page,
             Err(err) => {
@@ -284,7 +293,9 @@ impl RoomTask {
 
     /// Delivers pending messages while they follow the cursor without a hole.
     fn drain(&mut self) {
-        let Some(mut cursor) = self.cursor else { return };
+        let Some(mut cursor) = self.cursor else {
+            return;
+        };
         while let Some(entry) = self.pending.first_entry() {
             if *entry.key() <= cursor {
                 entry.remove();
@@ -337,7 +348,8 @@ impl RoomTask {
     }
 
     fn check_gap(&mut self) {
-        let (Some(cursor), Some(since), Some((&first, _))) = (self.cursor, self.gap_since, self.pending.first_key_value())
+        let (Some(cursor), Some(since), Some((&first, _))) =
+            (self.cursor, self.gap_since, self.pending.first_key_value())
         else {
             return;
         };
@@ -423,7 +435,8 @@ mod tests {
     }
 
     async fn next_seq(frames: &mut mpsc::UnboundedReceiver<Utf8Bytes>) -> serde_json::Value {
-        let frame = tokio::time::timeout(Duration::from_secs(10), frames.recv()).await.expect("a frame in time").expect("open");
+        let frame =
+            tokio::time::timeout(Duration::from_secs(10), frames.recv()).await.expect("a frame in time").expect("open");
         serde_json::from_str(&frame).expect("json")
     }
 

@@ -48,7 +48,13 @@ impl From<fanout::BrokerError> for SendError {
 impl Core {
     /// Stores and publishes one message; returns it as stored (for a repeated
     /// `client_id`, the first copy).
-    pub(crate) async fn send(&self, user: &str, room: &str, text: &str, client_id: &str) -> Result<ChatMessage, SendError> {
+    pub(crate) async fn send(
+        &self,
+        user: &str,
+        room: &str,
+        text: &str,
+        client_id: &str,
+    ) -> Result<ChatMessage, SendError> {
         let id = ulid::Ulid::new().to_string();
         let ts = now_millis();
         for _ in 0..ATTEMPTS {

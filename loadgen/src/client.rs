@@ -47,7 +47,8 @@ impl Client {
                 url.set_query(Some("EIO=4&transport=websocket"));
             }
         }
-        let (ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.with_context(|| format!("connecting to {url}"))?;
+        let (ws, _) =
+            tokio_tungstenite::connect_async(url.as_str()).await.with_context(|| format!("connecting to {url}"))?;
         let mut client = Client { ws, mode, user: user.to_owned() };
         if mode == Mode::Socketio {
             client.expect_prefix("0").await.context("waiting for the Engine.IO open packet")?;
@@ -89,7 +90,9 @@ impl Client {
     pub async fn send(&mut self, room: &str, text: &str, client_id: &str) -> anyhow::Result<()> {
         let frame = match self.mode {
             Mode::Ws => json!({"type": "send", "room": room, "text": text, "client_id": client_id}).to_string(),
-            Mode::Socketio => format!("42{}", json!(["send_message", {"roomId": room, "message": text, "username": self.user}])),
+            Mode::Socketio => {
+                format!("42{}", json!(["send_message", {"roomId": room, "message": text, "username": self.user}]))
+            }
         };
         self.send_text(frame).await
     }
@@ -122,7 +125,9 @@ impl Client {
 }
 
 fn parse_ws(text: &str) -> Incoming {
-    let Ok(frame) = serde_json::from_str::<Value>(text) else { return Incoming::Error(format!("invalid JSON from server: {text}")) };
+    let Ok(frame) = serde_json::from_str::<Value>(text) else {
+        return Incoming::Error(format!("invalid JSON from server: {text}"));
+    };
     match frame["type"].as_str() {
         Some("message") => Incoming::Message(frame["text"].as_str().unwrap_or_default().to_owned()),
         Some("ack") => Incoming::Ack,
@@ -132,10 +137,16 @@ fn parse_ws(text: &str) -> Incoming {
 }
 
 fn parse_socketio(text: &str) -> Incoming {
-    let Some(payload) = text.strip_prefix("42") else { return Incoming::Other };
-    let Ok(Value::Array(args)) = serde_json::from_str::<Value>(payload) else { return Incoming::Other };
+    let Some(payload) = text.strip_prefix("42") else {
+        return Incoming::Other;
+    };
+    let Ok(Value::Array(args)) = serde_json::from_str::<Value>(payload) else {
+        return Incoming::Other;
+    };
     match args.first().and_then(Value::as_str) {
-        Some("room_message") => Incoming::Message(args.get(1).and_then(|m| m["message"].as_str()).unwrap_or_default().to_owned()),
+        Some("room_message") => {
+            Incoming::Message(args.get(1).and_then(|m| m["message"].as_str()).unwrap_or_default().to_owned())
+        }
         Some("error") => Incoming::Error(args.get(1).map(Value::to_string).unwrap_or_default()),
         _ => Incoming::Other,
     }
@@ -147,10 +158,14 @@ mod tests {
 
     #[test]
     fn parses_both_protocols() {
-        assert!(matches!(parse_ws(r#"{"type":"message","text":"lg:1:2:3:"}"#), Incoming::Message(t) if t == "lg:1:2:3:"));
+        assert!(
+            matches!(parse_ws(r#"{"type":"message","text":"lg:1:2:3:"}"#), Incoming::Message(t) if t == "lg:1:2:3:")
+        );
         assert!(matches!(parse_ws(r#"{"type":"ack","seq":1}"#), Incoming::Ack));
         assert!(matches!(parse_ws("nope"), Incoming::Error(_)));
-        assert!(matches!(parse_socketio(r#"42["room_message",{"message":"hi","username":"u"}]"#), Incoming::Message(t) if t == "hi"));
+        assert!(
+            matches!(parse_socketio(r#"42["room_message",{"message":"hi","username":"u"}]"#), Incoming::Message(t) if t == "hi")
+        );
         assert!(matches!(parse_socketio("3"), Incoming::Other));
     }
 }

@@ -248,7 +248,9 @@ async fn churn_task(args: Args, run_id: u64) -> u64 {
         let (mode, user) = (args.mode, format!("lg{run_id}-churn{opened}"));
         opened += 1;
         tokio::spawn(async move {
-            if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(5), Client::connect(&target, mode, &user)).await {
+            if let Ok(Ok(client)) =
+                tokio::time::timeout(Duration::from_secs(5), Client::connect(&target, mode, &user)).await
+            {
                 client.close().await;
             }
         });
@@ -358,7 +360,8 @@ impl Report {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|err| format!("{{\"error\":\"cannot encode report: {err}\"}}"))
+        serde_json::to_string_pretty(self)
+            .unwrap_or_else(|err| format!("{{\"error\":\"cannot encode report: {err}\"}}"))
     }
 
     /// Why this run should fail a pipeline; empty when it passed.
@@ -371,7 +374,10 @@ impl Report {
             failures.push(format!("{} duplicates and {} out of order", self.duplicates, self.reordered));
         }
         if self.connect_errors > 0 || self.send_errors > 0 {
-            failures.push(format!("{} connect errors and {} other errors: {:?}", self.connect_errors, self.send_errors, self.first_errors));
+            failures.push(format!(
+                "{} connect errors and {} other errors: {:?}",
+                self.connect_errors, self.send_errors, self.first_errors
+            ));
         }
         if let Some(limit) = max_p99 {
             if self.latency.p99_ms > limit {

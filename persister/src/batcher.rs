@@ -84,7 +84,9 @@ async fn run(store: Arc<dyn Store>, config: BatcherConfig, mut rx: mpsc::Receive
             }
         }
         metrics::gauge!("roomcast_persister_queue_depth").set(rx.len() as f64);
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let store = store.clone();
         let retry_for = config.retry_for;
         tokio::spawn(async move {
@@ -116,9 +118,13 @@ async fn write(store: &dyn Store, batch: Vec<(ChatMessage, Reply)>, retry_for: D
         Ok(outcomes) => {
             for (outcome, reply) in outcomes.into_iter().zip(replies) {
                 match &outcome {
-                    WriteOutcome::Stored(_) => metrics::counter!("roomcast_persister_documents_written_total").increment(1),
+                    WriteOutcome::Stored(_) => {
+                        metrics::counter!("roomcast_persister_documents_written_total").increment(1)
+                    }
                     WriteOutcome::Duplicate(_) => metrics::counter!("roomcast_persister_duplicates_total").increment(1),
-                    WriteOutcome::Conflict => metrics::counter!("roomcast_persister_write_errors_total", "kind" => "conflict").increment(1),
+                    WriteOutcome::Conflict => {
+                        metrics::counter!("roomcast_persister_write_errors_total", "kind" => "conflict").increment(1)
+                    }
                 }
                 let _ = reply.send(Ok(outcome));
             }

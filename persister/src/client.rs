@@ -68,7 +68,9 @@ impl Archive for PersisterClient {
     async fn write(&self, msg: ChatMessage) -> Result<Written, StoreError> {
         let mut grpc = self.grpc.clone();
         let reply = call("write", WRITE_TIMEOUT, grpc.write(msg)).await?;
-        let stored = reply.stored.ok_or_else(|| StoreError::Unavailable("persister answered a write without the message".into()))?;
+        let stored = reply
+            .stored
+            .ok_or_else(|| StoreError::Unavailable("persister answered a write without the message".into()))?;
         Ok(Written { stored, duplicate: reply.duplicate })
     }
 

@@ -7,8 +7,15 @@ pub fn describe() {
     describe_gauge!("roomcast_persister_queue_depth", "Writes waiting for a batch.");
     describe_counter!("roomcast_persister_queue_rejections_total", "Writes refused because the queue was full.");
     describe_histogram!("roomcast_persister_batch_size", "Documents per insert_many.");
-    describe_histogram!("roomcast_persister_batch_duration_seconds", Unit::Seconds, "Time to commit one batch, retries included.");
-    describe_counter!("roomcast_persister_documents_written_total", "Messages stored (first writes and harmless repeats).");
+    describe_histogram!(
+        "roomcast_persister_batch_duration_seconds",
+        Unit::Seconds,
+        "Time to commit one batch, retries included."
+    );
+    describe_counter!(
+        "roomcast_persister_documents_written_total",
+        "Messages stored (first writes and harmless repeats)."
+    );
     describe_counter!("roomcast_persister_duplicates_total", "Resent client messages absorbed (stored once).");
     describe_counter!("roomcast_persister_write_errors_total", "Writes that failed, by kind.");
     describe_counter!("roomcast_persister_write_retries_total", "Batch writes retried after an error.");

@@ -86,15 +86,12 @@ impl MongoStore {
     /// Connects to `uri` and uses `database.messages`. Writes wait for a majority and the
     /// journal: an acknowledged message must survive a crash.
     pub async fn connect(uri: &str, database: &str) -> anyhow::Result<Self> {
-        let mut options = ClientOptions::parse(uri)
-            .await
-            .map_err(|err| anyhow::anyhow!("invalid MongoDB URI: {err}"))?;
+        let mut options =
+            ClientOptions::parse(uri).await.map_err(|err| anyhow::anyhow!("invalid MongoDB URI: {err}"))?;
         options.app_name = Some("roomcast-persister".into());
         options.server_selection_timeout = Some(Duration::from_secs(3));
         options.connect_timeout = Some(Duration::from_secs(3));
-        options.write_concern = Some(
-            WriteConcern::builder().w(Acknowledgment::Majority).journal(true).build(),
-        );
+        options.write_concern = Some(WriteConcern::builder().w(Acknowledgment::Majority).journal(true).build());
         let client = mongodb::Client::with_options(options)
             .map_err(|err| anyhow::anyhow!("cannot create MongoDB client: {err}"))?;
         Ok(Self { messages: client.database(database).collection("messages") })
@@ -148,9 +145,7 @@ impl MongoStore {
         if let Some(same) = self.find_one(doc! {"_id": &msg.id}).await? {
             return Ok(WriteOutcome::Stored(same));
         }
-        let first = self
-            .find_one(doc! {"room": &msg.room, "user": &msg.user, "client_id": &msg.client_id})
-            .await?;
+        let first = self.find_one(doc! {"room": &msg.room, "user": &msg.user, "client_id": &msg.client_id}).await?;
         if let Some(first) = first {
             self.insert_ignoring_duplicates(vec![Doc::from(&tombstone(&msg.room, msg.seq))]).await?;
             return Ok(WriteOutcome::Duplicate(first));
@@ -163,11 +158,11 @@ impl MongoStore {
         match self.messages.insert_many(docs).ordered(false).await {
             Ok(_) => Ok(HashSet::new()),
             Err(err) => match *err.kind {
-                ErrorKind::InsertMany(InsertManyError { write_errors: Some(ref errors), write_concern_error: None, .. })
-                    if errors.iter().all(|e| e.code == DUPLICATE_KEY) =>
-                {
-                    Ok(errors.iter().map(|e| e.index).collect())
-                }
+                ErrorKind::InsertMany(InsertManyError {
+                    write_errors: Some(ref errors),
+                    write_concern_error: None,
+                    ..
+                }) if errors.iter().all(|e| e.code == DUPLICATE_KEY) => Ok(errors.iter().map(|e| e.index).collect()),
                 _ => Err(fail(err)),
             },
         }
@@ -211,10 +206,8 @@ impl Store for MongoStore {
         let span = usize::try_from(to - from + 1).unwrap_or(usize::MAX);
         let found = self.find_page(range.clone(), true, span).await?;
         let present: HashSet<u64> = found.iter().map(|m| m.seq).collect();
-        let seals: Vec<Doc> = (from..=to)
-            .filter(|seq| !present.contains(seq))
-            .map(|seq| Doc::from(&tombstone(room, seq)))
-            .collect();
+        let seals: Vec<Doc> =
+            (from..=to).filter(|seq| !present.contains(seq)).map(|seq| Doc::from(&tombstone(room, seq))).collect();
         if seals.is_empty() {
             return Ok(found);
         }

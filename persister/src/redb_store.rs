@@ -26,8 +26,9 @@ impl RedbStore {
         std::fs::create_dir_all(dir)
             .map_err(|err| anyhow::anyhow!("cannot create data directory {}: {err}", dir.display()))?;
         let path = dir.join("messages.redb");
-        let db = Database::create(&path)
-            .map_err(|err| anyhow::anyhow!("cannot open store {}: {err} (is another roomcast using it?)", path.display()))?;
+        let db = Database::create(&path).map_err(|err| {
+            anyhow::anyhow!("cannot open store {}: {err} (is another roomcast using it?)", path.display())
+        })?;
         let txn = db.begin_write().map_err(fail)?;
         txn.open_table(MESSAGES).map_err(fail)?;
         txn.open_table(CLIENTS).map_err(fail)?;
@@ -73,9 +74,13 @@ impl Store for RedbStore {
                     let key = client_key(&msg);
                     let first_seq = clients.get(key.as_str()).map_err(fail)?.map(|v| v.value());
                     if let Some(first_seq) = first_seq {
-                        let first = messages.get((msg.room.as_str(), first_seq)).map_err(fail)?
+                        let first = messages
+                            .get((msg.room.as_str(), first_seq))
+                            .map_err(fail)?
                             .map(|v| v.value().to_vec())
-                            .ok_or_else(|| StoreError::Unavailable(format!("client index points at missing seq {first_seq}")))?;
+                            .ok_or_else(|| {
+                                StoreError::Unavailable(format!("client index points at missing seq {first_seq}"))
+                            })?;
                         let first = decode(&first)?;
                         if first.id == msg.id {
                             outcomes.push(WriteOutcome::Stored(first));
@@ -91,7 +96,11 @@ impl Store for RedbStore {
                     let taken = messages.get((msg.room.as_str(), msg.seq)).map_err(fail)?.map(|v| v.value().to_vec());
                     if let Some(taken) = taken {
                         let taken = decode(&taken)?;
-                        outcomes.push(if taken.id == msg.id { WriteOutcome::Stored(taken) } else { WriteOutcome::Conflict });
+                        outcomes.push(if taken.id == msg.id {
+                            WriteOutcome::Stored(taken)
+                        } else {
+                            WriteOutcome::Conflict
+                        });
                         continue;
                     }
                     messages.insert((msg.room.as_str(), msg.seq), msg.encode_to_vec().as_slice()).map_err(fail)?;
@@ -176,7 +185,16 @@ mod tests {
     use super::*;
 
     fn msg(seq: u64, id: &str, client_id: &str) -> ChatMessage {
-        ChatMessage { room: "r".into(), seq, id: id.into(), user: "u".into(), text: "t".into(), ts: 1, client_id: client_id.into(), tombstone: false }
+        ChatMessage {
+            room: "r".into(),
+            seq,
+            id: id.into(),
+            user: "u".into(),
+            text: "t".into(),
+            ts: 1,
+            client_id: client_id.into(),
+            tombstone: false,
+        }
     }
 
     #[tokio::test]
@@ -200,7 +218,10 @@ mod tests {
         assert_eq!(seqs(store.history(&page(Some(3), None, 10)).await.expect("before")), vec![1, 2]);
         assert_eq!(seqs(store.history(&page(None, Some(2), 10)).await.expect("after")), vec![3, 5]);
         let resolved = store.resolve("r", 3, 5).await.expect("resolve");
-        assert_eq!(resolved.iter().map(|m| (m.seq, m.tombstone)).collect::<Vec<_>>(), vec![(3, false), (4, true), (5, false)]);
+        assert_eq!(
+            resolved.iter().map(|m| (m.seq, m.tombstone)).collect::<Vec<_>>(),
+            vec![(3, false), (4, true), (5, false)]
+        );
         assert!(store.resolve("r", 0, 5).await.is_err(), "seqs start at 1");
 
         drop(store);

@@ -82,5 +82,8 @@ async fn every_dashboard_query_and_alert_has_data_from_a_live_stack() {
         .expect("run prom-live-check.sh");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = ticker.await;
-    assert!(status.success(), "prom-live-check.sh failed: some dashboard query or alert has no series (see its output)");
+    assert!(
+        status.success(),
+        "prom-live-check.sh failed: some dashboard query or alert has no series (see its output)"
+    );
 }

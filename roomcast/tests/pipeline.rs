@@ -103,7 +103,8 @@ async fn join_gives_history_and_since_recovers_exactly_what_was_missed() {
     // Older pages through history.
     bob.send_json(json!({"type": "history", "room": room, "before": last_seen - 4, "limit": 3})).await;
     let page = bob.wait_for(|f| f["type"] == "history").await;
-    let seqs: Vec<u64> = page["messages"].as_array().expect("messages").iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
+    let seqs: Vec<u64> =
+        page["messages"].as_array().expect("messages").iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
     assert_eq!(seqs, vec![last_seen - 7, last_seen - 6, last_seen - 5]);
 }
 
@@ -149,7 +150,11 @@ async fn redis_restart_loses_no_acked_message() {
         late.join(room, Some(0)).await.iter().map(|m| m["id"].as_str().expect("id").to_owned()).collect();
     assert_eq!(recovered.len(), recovered.iter().collect::<HashSet<_>>().len(), "no duplicates in recovery");
     let recovered: HashSet<String> = recovered.into_iter().collect();
-    assert!(acked.is_subset(&recovered), "missing after Redis restart: {:?}", acked.difference(&recovered).collect::<Vec<_>>());
+    assert!(
+        acked.is_subset(&recovered),
+        "missing after Redis restart: {:?}",
+        acked.difference(&recovered).collect::<Vec<_>>()
+    );
 
     // The live reader also ends up with every acked message exactly once, in order:
     // the fanout resubscribed and the gateway filled what pub/sub dropped.

@@ -66,7 +66,8 @@ async fn standalone_serves_the_page_and_keeps_history_across_restarts() {
     assert_eq!((&again["seq"], &again["id"]), (&ack["seq"], &ack["id"]));
     ann.send("general", "next", "c6").await;
     ann.wait_messages("general", 1).await;
-    let texts: Vec<String> = ann.frames.iter().filter(|f| f["type"] == "message").map(|f| f["text"].to_string()).collect();
+    let texts: Vec<String> =
+        ann.frames.iter().filter(|f| f["type"] == "message").map(|f| f["text"].to_string()).collect();
     assert_eq!(texts, vec!["\"next\"".to_owned()], "the repeat was not delivered again");
 }
 
@@ -90,9 +91,15 @@ async fn bad_input_gets_errors_or_a_close_and_everyone_else_carries_on() {
         (Message::Text(json!({"type": "shout", "room": "calm"}).to_string().into()), "bad_request"),
         (Message::Text(json!({"type": "join"}).to_string().into()), "bad_request"),
         (Message::Text(json!({"type": "join", "room": "../etc"}).to_string().into()), "invalid_room"),
-        (Message::Text(json!({"type": "send", "room": "calm", "text": "x", "client_id": "1"}).to_string().into()), "not_joined"),
+        (
+            Message::Text(json!({"type": "send", "room": "calm", "text": "x", "client_id": "1"}).to_string().into()),
+            "not_joined",
+        ),
         (Message::Text(json!({"type": "send", "room": "calm", "text": ""}).to_string().into()), "bad_request"),
-        (Message::Text(json!({"type": "send", "room": "calm", "text": "x".repeat(4001)}).to_string().into()), "too_large"),
+        (
+            Message::Text(json!({"type": "send", "room": "calm", "text": "x".repeat(4001)}).to_string().into()),
+            "too_large",
+        ),
         (Message::Text("x".repeat(20 * 1024).into()), "too_large"),
         (Message::Binary(vec![0u8, 1, 2].into()), "bad_request"),
     ];

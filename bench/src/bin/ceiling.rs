@@ -35,7 +35,9 @@ async fn main() -> anyhow::Result<()> {
         next_id += 1;
         let (id, rooms, seqs) = (next_id, rooms.clone(), seqs.clone());
         tokio::spawn(async move {
-            let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+            let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+                return;
+            };
             let (mut sink, mut stream) = ws.split();
             let (tx, mut rx) = mpsc::unbounded_channel::<Utf8Bytes>();
             let writer = tokio::spawn(async move {
@@ -55,11 +57,18 @@ async fn main() -> anyhow::Result<()> {
             });
             let mut joined = Vec::new();
             while let Some(Ok(Message::Text(text))) = stream.next().await {
-                let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+                let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
                 let room = frame["room"].as_str().unwrap_or_default().to_owned();
                 match frame["type"].as_str() {
                     Some("join") => {
-                        rooms.lock().unwrap_or_else(|p| p.into_inner()).entry(room.clone()).or_default().push((id, tx.clone()));
+                        rooms
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(room.clone())
+                            .or_default()
+                            .push((id, tx.clone()));
                         joined.push(room.clone());
                         let _ = tx.send(json!({"type": "joined", "room": room, "messages": []}).to_string().into());
                     }
@@ -70,12 +79,21 @@ async fn main() -> anyhow::Result<()> {
                             *seq += 1;
                             *seq
                         };
-                        let message: Utf8Bytes = json!({"type": "message", "room": room, "seq": seq, "id": seq.to_string(),
-                            "user": "x", "text": frame["text"], "ts": 0}).to_string().into();
-                        for (_, member) in rooms.lock().unwrap_or_else(|p| p.into_inner()).get(&room).into_iter().flatten() {
+                        let message: Utf8Bytes =
+                            json!({"type": "message", "room": room, "seq": seq, "id": seq.to_string(),
+                            "user": "x", "text": frame["text"], "ts": 0})
+                            .to_string()
+                            .into();
+                        for (_, member) in
+                            rooms.lock().unwrap_or_else(|p| p.into_inner()).get(&room).into_iter().flatten()
+                        {
                             let _ = member.send(message.clone());
                         }
-                        let _ = tx.send(json!({"type": "ack", "client_id": frame["client_id"], "room": room, "seq": seq}).to_string().into());
+                        let _ = tx.send(
+                            json!({"type": "ack", "client_id": frame["client_id"], "room": room, "seq": seq})
+                                .to_string()
+                                .into(),
+                        );
                     }
                     _ => {}
                 }

@@ -67,16 +67,18 @@ async fn main() -> anyhow::Result<()> {
 
     let client = mongodb::Client::with_uri_str(&args.mongodb).await?;
     // The same durability as the persister: majority and journal.
-    let concern = mongodb::options::WriteConcern::builder().w(mongodb::options::Acknowledgment::Majority).journal(true).build();
-    let coll = client
-        .database("roomcast_bench")
-        .collection_with_options::<mongodb::bson::Document>(
-            "one_by_one",
-            mongodb::options::CollectionOptions::builder().write_concern(concern).build(),
-        );
+    let concern =
+        mongodb::options::WriteConcern::builder().w(mongodb::options::Acknowledgment::Majority).journal(true).build();
+    let coll = client.database("roomcast_bench").collection_with_options::<mongodb::bson::Document>(
+        "one_by_one",
+        mongodb::options::CollectionOptions::builder().write_concern(concern).build(),
+    );
     let started = Instant::now();
     for seq in 1..=args.messages {
-        coll.insert_one(doc! {"_id": format!("{run}-{seq}"), "room": "bench", "seq": seq as i64, "text": "x".repeat(64)}).await?;
+        coll.insert_one(
+            doc! {"_id": format!("{run}-{seq}"), "room": "bench", "seq": seq as i64, "text": "x".repeat(64)},
+        )
+        .await?;
     }
     let one_by_one = args.messages as f64 / started.elapsed().as_secs_f64();
 

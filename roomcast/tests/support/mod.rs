@@ -21,7 +21,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port");
+        let port =
+            TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port");
         let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
         if !given.contains(&port) {
             given.push(port);
@@ -175,11 +176,7 @@ pub struct Mongo {
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.exists())
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(name)).find(|p| p.exists())
 }
 
 impl Mongo {
@@ -399,9 +396,13 @@ impl Client {
         }
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let frame = tokio::time::timeout_at(deadline, self.next_frame())
-                .await
-                .unwrap_or_else(|_| panic!("{}: timed out waiting for a frame; last frames: {:?}", self.user, self.frames.iter().rev().take(5).collect::<Vec<_>>()));
+            let frame = tokio::time::timeout_at(deadline, self.next_frame()).await.unwrap_or_else(|_| {
+                panic!(
+                    "{}: timed out waiting for a frame; last frames: {:?}",
+                    self.user,
+                    self.frames.iter().rev().take(5).collect::<Vec<_>>()
+                )
+            });
             match frame {
                 Some(frame) => {
                     let hit = pred(&frame);
@@ -450,7 +451,9 @@ impl Client {
         while self.messages(room).len() < count {
             match tokio::time::timeout_at(deadline, self.next_frame()).await {
                 Ok(Some(frame)) => self.frames.push(frame),
-                Ok(None) => panic!("{}: connection closed with {} of {count} messages", self.user, self.messages(room).len()),
+                Ok(None) => {
+                    panic!("{}: connection closed with {} of {count} messages", self.user, self.messages(room).len())
+                }
                 Err(_) => panic!("{}: timed out with {} of {count} messages", self.user, self.messages(room).len()),
             }
         }
