@@ -10,7 +10,7 @@
 # server process (/proc/PID/status). The load comes from two loadgen processes, so that
 # neither needs more file descriptors than the server.
 #
-#   bash bench/idle.sh                       # about 4 minutes
+#   bash bench/idle.sh                       # under 5 minutes
 #   IDLE_CONNECTIONS=5000 IDLE_SYSTEMS=peer bash bench/idle.sh
 #
 # A process can hold at most `ulimit -Hn` descriptors. The script raises the soft limit to
@@ -22,8 +22,11 @@ source "$(dirname "$0")/lib.sh"
 
 WANTED=${IDLE_CONNECTIONS:-20000}
 SYSTEMS=${IDLE_SYSTEMS:-"roomcast peer ceiling"}
-RAMP=${IDLE_RAMP_SECONDS:-40}
-HOLD=${IDLE_HOLD_SECONDS:-20}
+RAMP=${IDLE_RAMP_SECONDS:-40}            # peer and ceiling
+RAMP_ROOMCAST=${IDLE_RAMP_ROOMCAST:-90}  # every roomcast join reads the store twice (history,
+                                         # max_seq); secantusd-py serves ~300 joins/s, and a
+                                         # faster ramp makes joins time out (15 s in loadgen)
+HOLD=${IDLE_HOLD_SECONDS:-25}
 ROOMS=10
 RESERVE=500   # descriptors left to the server for its listeners, upstreams, epoll, logs
 
@@ -41,25 +44,34 @@ machine_line | tee "$RUN_DIR/machine.txt" >&2
 RESULTS=$RUN_DIR/idle.tsv
 printf 'system\twanted\tnofile\theld\trss_before_kib\trss_during_kib\trss_after_kib\tkib_per_conn\tconnect_errors\tconnect_p99_ms\n' >"$RESULTS"
 
-# hold SYSTEM PID PORT URL MODE: the measurement against one server process.
+# hold SYSTEM PID PORT URL MODE RAMP: the measurement against one server process.
 hold() {
-  local system=$1 pid=$2 port=$3 url=$4 mode=$5
+  local system=$1 pid=$2 port=$3 url=$4 mode=$5 ramp=$6
   local half=$((N / 2)) i lgs=() before during=0 after held=0 samples=""
   sleep 2
   before=$(rss_kib "$pid")
-  log "$system: pid $pid VmRSS before: $before KiB; opening $N connections over ${RAMP}s"
+  log "$system: pid $pid VmRSS before: $before KiB; opening $N connections over ${ramp}s"
   for i in 0 1; do
     local count=$half
     if ((i == 1)); then count=$((N - half)); fi
     "$LOADGEN" --target "$url" --mode "$mode" --connections "$count" --rooms "$ROOMS" --idle \
-      --duration "$HOLD" --ramp-up "$RAMP" --drain 1 --quiet --max-connections "$N" \
+      --duration "$HOLD" --ramp-up "$ramp" --drain 1 --quiet --max-connections "$N" \
       --json "$RUN_DIR/$system-loadgen-$i.json" >"$RUN_DIR/logs/loadgen-$system-$i.log" 2>&1 &
     lgs+=($!)
   done
-  # Until all are established (or the ramp and its grace are over), then a few samples.
-  local deadline=$((SECONDS + RAMP + 25))
-  while (($(established "$port") < N)) && ((SECONDS < deadline)) && is_alive "${lgs[0]}"; do sleep 0.5; done
-  sleep 3
+  # Until all are established, or the count has not grown for 5 s after the ramp, then a
+  # few samples. loadgen holds for HOLD s from when all its clients are connected (at most
+  # ramp + 20 s), so the samples fall inside the hold.
+  local deadline=$((SECONDS + ramp + 12)) ramp_end=$((SECONDS + ramp)) last=-1 still=0 now
+  while ((SECONDS < deadline)) && is_alive "${lgs[0]}"; do
+    now=$(established "$port")
+    ((now >= N)) && break
+    if ((now == last && SECONDS > ramp_end)); then still=$((still + 1)); else still=0; fi
+    ((still >= 10)) && break
+    last=$now
+    sleep 0.5
+  done
+  sleep 2
   for _ in 1 2 3; do
     local rss conns
     rss=$(rss_kib "$pid")
@@ -78,7 +90,7 @@ hold() {
   } >"$RUN_DIR/$system-memory.txt" 2>/dev/null || true
   local lg rc=0
   for lg in "${lgs[@]}"; do
-    local limit=$((SECONDS + RAMP + HOLD + 60))
+    local limit=$((SECONDS + ramp + HOLD + 60))
     while is_alive "$lg" && ((SECONDS < limit)); do sleep 0.5; done
     if is_alive "$lg"; then kill -TERM "$lg" 2>/dev/null || true; fi
     wait "$lg" || rc=$?
@@ -108,14 +120,14 @@ for system in $SYSTEMS; do
   case $system in
     roomcast)
       start_stack 1
-      hold roomcast "${GATEWAY_PIDS[0]}" "${GATEWAY_PORTS[0]}" "$GATEWAY_URLS" ws
+      hold roomcast "${GATEWAY_PIDS[0]}" "${GATEWAY_PORTS[0]}" "$GATEWAY_URLS" ws "$RAMP_ROOMCAST"
       save_metrics gateway-0 "${GATEWAY_METRICS_PORTS[0]}"
       log "roomcast: fanout VmRSS $(rss_kib "${FANOUT_PIDS[0]}") KiB, persister $(rss_kib "$PERSISTER_PID") KiB (not counted)"
       stop_stack
       ;;
     peer)
       start_peers 1
-      hold peer "${PEER_PIDS[0]}" "${PEER_PORTS[0]}" "$PEER_URLS" socketio
+      hold peer "${PEER_PIDS[0]}" "${PEER_PORTS[0]}" "$PEER_URLS" socketio "$RAMP"
       stop_peers
       ;;
     ceiling)
@@ -125,7 +137,7 @@ for system in $SYSTEMS; do
       bg_start ceiling "$(need_bin ceiling)" --listen "127.0.0.1:$CEILING_PORT"
       CEILING_PID=$LAST_PID
       wait_port "$CEILING_PID" ceiling "$CEILING_PORT"
-      hold ceiling "$CEILING_PID" "$CEILING_PORT" "http://127.0.0.1:$CEILING_PORT" ws
+      hold ceiling "$CEILING_PID" "$CEILING_PORT" "http://127.0.0.1:$CEILING_PORT" ws "$RAMP"
       bg_stop "$CEILING_PID"
       ;;
     *) die "unknown system $system (roomcast, peer, ceiling)" ;;

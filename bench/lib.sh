@@ -6,7 +6,8 @@
 # first: SIGTERM, then SIGKILL after a grace period. Nothing is killed by name.
 # Every service listens on 127.0.0.1 on a free port; nothing uses Redis's 6379.
 #
-# Binaries come from $ROOMCAST_BIN_DIR (default target/release): these scripts never build.
+# Binaries come from $ROOMCAST_BIN_DIR when set; otherwise lib.sh builds target/release first
+# (`cargo build --release`, a no-op when it is up to date), so a clean clone needs no other step.
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
@@ -38,6 +39,14 @@ bench_init() {
   trap 'log "interrupted"; exit 130' INT TERM
   command -v python3 >/dev/null || die "python3 is needed (JSON and port helpers)"
   command -v curl >/dev/null || die "curl is needed (readiness and /metrics)"
+  if ! command -v redis-server >/dev/null || [[ ! -x $SECANTUSD ]]; then
+    log "installing redis-server and SecantusDB (scripts/setup-test-deps.sh)"
+    bash "$ROOT/scripts/setup-test-deps.sh" >&2 || die "scripts/setup-test-deps.sh failed"
+  fi
+  if [[ -z ${ROOMCAST_BIN_DIR:-} ]]; then
+    log "building the release binaries (cargo build --release --workspace --bins)"
+    (cd "$ROOT" && cargo build --release --workspace --bins) >&2 || die "cargo build --release failed; see above"
+  fi
   log "results in ${RUN_DIR#"$ROOT"/}"
 }
 
@@ -79,7 +88,7 @@ bench_cleanup() {
 # need_bin NAME -> path of a release binary, or exit with what to do.
 need_bin() {
   local file=$BIN_DIR/$1
-  [[ -x $file ]] || die "$file is missing: build it first (cargo build --release --workspace --bins); these scripts never build"
+  [[ -x $file ]] || die "$file is missing (ROOMCAST_BIN_DIR=$BIN_DIR)"
   printf '%s\n' "$file"
 }
 
@@ -156,7 +165,7 @@ wait_ready() {
 # start_redis NAME -> sets REDIS_PORT, REDIS_URL, REDIS_PID.
 start_redis() {
   local name=$1
-  command -v redis-server >/dev/null || die "redis-server is missing: bash scripts/setup-test-deps.sh installs it"
+  command -v redis-server >/dev/null || die "redis-server is missing after setup"
   free_port REDIS_PORT
   mkdir -p "$BENCH_TMP/$name"
   bg_start "$name" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
@@ -169,7 +178,7 @@ start_redis() {
 # start_mongo NAME -> sets MONGO_PORT, MONGO_URI, MONGO_PID (a fresh secantusd-py store).
 start_mongo() {
   local name=$1
-  [[ -x $SECANTUSD ]] || die "$SECANTUSD is missing: bash scripts/setup-test-deps.sh installs it"
+  [[ -x $SECANTUSD ]] || die "$SECANTUSD is missing after setup"
   free_port MONGO_PORT
   mkdir -p "$BENCH_TMP/$name"
   bg_start "$name" "$SECANTUSD" --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$BENCH_TMP/$name" --log-level WARNING

@@ -8,7 +8,7 @@ use clap::Parser;
 use fanout::{FanoutService, RedisBroker};
 use roomcast_proto::fanout_server::FanoutServer;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 #[derive(Parser)]
 #[command(version, about = "roomcast broker: per-room sequence numbers and fan-out over Redis")]
@@ -49,7 +49,8 @@ async fn main() -> anyhow::Result<()> {
     let mut stopped = stop.clone();
     tonic::transport::Server::builder()
         .add_service(FanoutServer::new(FanoutService::new(Arc::new(broker))))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        // Without TCP_NODELAY, Nagle holds small replies for the peer's delayed ACK (~40 ms per hop).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             telemetry::terminated().await;
             let _ = stop_tx.send(true);
             let _ = stopped.changed().await;

@@ -8,6 +8,7 @@ use clap::Parser;
 use persister::{Archive, BatcherConfig, MongoStore, Persister, PersisterService};
 use roomcast_proto::persister_server::PersisterServer;
 use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
 
 #[derive(Parser)]
 #[command(version, about = "roomcast store tier: batched writes and history on MongoDB")]
@@ -74,7 +75,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, "persister serving");
     tonic::transport::Server::builder()
         .add_service(PersisterServer::new(PersisterService::new(persister)))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+        // Without TCP_NODELAY, Nagle holds small replies for the peer's delayed ACK (~40 ms per hop).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             telemetry::terminated().await;
             let _ = stop_tx.send(true);
         })
