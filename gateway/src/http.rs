@@ -16,12 +16,14 @@ use hyper_util::rt::TokioIo;
 use rand::Rng;
 use socketioxide::service::SocketIoService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::admission::Offer;
 use crate::Core;
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
@@ -49,10 +51,23 @@ impl hyper::service::Service<Request<Incoming>> for Router {
     }
 }
 
+/// The client's address, in every request's extensions.
+#[derive(Clone, Copy)]
+pub(crate) struct PeerAddr(pub std::net::SocketAddr);
+
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Accepts connections until `stop` turns true; open connections carry on.
-pub async fn serve(core: Arc<Core>, sio: SocketIoService<Router>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    core: Arc<Core>,
+    sio: SocketIoService<Router>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(err) => {
@@ -65,21 +80,36 @@ pub async fn serve(core: Arc<Core>, sio: SocketIoService<Router>, listener: TcpL
             _ = crate::wait_until(&mut stop, |stop| *stop) => return,
         };
         let _ = stream.set_nodelay(true);
-        let own_close = OwnClose(Arc::new(AtomicBool::new(false)));
-        let stream = Drainable::new(stream, core.draining(), own_close.0.clone());
+        let draining = core.draining();
         let sio = sio.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(own_close.clone());
-                hyper::service::Service::call(&sio, req)
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(err) = conn.await {
-                tracing::debug!(%err, "HTTP connection ended with an error");
+            match tls {
+                None => serve_http(Drainable::new(stream, draining), peer, sio).await,
+                Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_http(Drainable::new(stream, draining), peer, sio).await,
+                    Ok(Err(err)) => tracing::debug!(%err, %peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
             }
         });
+    }
+}
+
+async fn serve_http<S>(stream: Drainable<S>, peer: std::net::SocketAddr, sio: SocketIoService<Router>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let own_close = OwnClose(stream.own_close.clone());
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(own_close.clone());
+        req.extensions_mut().insert(PeerAddr(peer));
+        hyper::service::Service::call(&sio, req)
+    });
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
+    if let Err(err) = conn.await {
+        tracing::debug!(%err, "HTTP connection ended with an error");
     }
 }
 
@@ -99,25 +129,25 @@ fn route(core: Arc<Core>, req: Request<Incoming>) -> Reply {
 /// A client connection that ends itself during a drain, at a random moment within the
 /// drain window: Socket.IO clients see a transport close, which they retry (on another
 /// pod). `/ws` connections close themselves with 1012 instead.
-struct Drainable {
-    io: TcpStream,
+struct Drainable<S> {
+    io: S,
     cut: Pin<Box<dyn Future<Output = ()> + Send>>,
     own_close: Arc<AtomicBool>,
 }
 
-impl Drainable {
-    fn new(io: TcpStream, mut draining: watch::Receiver<Option<std::time::Duration>>, own_close: Arc<AtomicBool>) -> Self {
+impl<S> Drainable<S> {
+    fn new(io: S, mut draining: watch::Receiver<Option<std::time::Duration>>) -> Self {
         let cut = Box::pin(async move {
             crate::wait_until(&mut draining, Option::is_some).await;
             let window = (*draining.borrow()).unwrap_or_default();
             let jitter = rand::rng().random_range(0.0..=1.0);
             tokio::time::sleep(window.mul_f64(jitter)).await;
         });
-        Self { io, cut, own_close }
+        Self { io, cut, own_close: Arc::new(AtomicBool::new(false)) }
     }
 }
 
-impl AsyncRead for Drainable {
+impl<S: AsyncRead + Unpin> AsyncRead for Drainable<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.own_close.load(Ordering::Relaxed) && self.cut.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "server draining")));
@@ -126,7 +156,7 @@ impl AsyncRead for Drainable {
     }
 }
 
-impl AsyncWrite for Drainable {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Drainable<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
@@ -159,12 +189,27 @@ fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) ->
 }
 
 fn upgrade(core: Arc<Core>, mut req: Request<Incoming>) -> Reply {
-    let user = form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
-        .find(|(key, _)| key == "user")
-        .map(|(_, value)| value.into_owned())
-        .unwrap_or_default();
+    let query = |name: &str| {
+        form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    };
+    let (user, token) = (query("user"), query("token"));
+    let offer = Offer {
+        ip: req.extensions().get::<PeerAddr>().map(|p| p.0.ip()),
+        origin: req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()),
+        token: token.as_deref(),
+        user: user.as_deref(),
+    };
+    let admitted = match core.admission.admit(offer) {
+        Ok(admitted) => admitted,
+        Err(rejection) => {
+            return respond(rejection.status, "text/plain", format!("{}: {}\n", rejection.code, rejection.message))
+        }
+    };
+    let user = admitted.user.clone().unwrap_or_default();
     if let Err(refusal) = core.limits.check_user(&user) {
-        return bad_request(format!("?user=NAME is required: {}", refusal.message));
+        return bad_request(format!("a user name is required (?user=NAME, or the token's sub): {}", refusal.message));
     }
     if !header_has(&req, header::UPGRADE, "websocket") || !header_has(&req, header::CONNECTION, "upgrade") {
         return bad_request("/ws needs a WebSocket upgrade request".into());
@@ -187,7 +232,7 @@ fn upgrade(core: Arc<Core>, mut req: Request<Incoming>) -> Reply {
         match hyper::upgrade::on(&mut req).await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                crate::session::serve(core, ws, user).await;
+                crate::session::serve(core, ws, user, admitted).await;
             }
             Err(err) => tracing::debug!(%err, "WebSocket upgrade failed"),
         }

@@ -3,6 +3,9 @@
 //! its open connections; the broker and the store behind it are traits, so the same
 //! code runs against remote tiers (`gateway`) or embedded ones (`roomcast`).
 
+mod admission;
+mod auth;
+mod config;
 mod http;
 mod limits;
 mod link;
@@ -13,21 +16,28 @@ mod rooms;
 mod send;
 mod session;
 mod socketio;
+mod tls;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fanout::Broker;
+use metrics_exporter_prometheus::PrometheusHandle;
 use persister::Archive;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+pub use admission::Access;
+pub use auth::mint as mint_token;
+pub use config::{Edge, EdgeArgs};
 pub use limits::Limits;
 pub use metrics::describe as describe_metrics;
 pub use protocol::{ClientFrame, Refusal};
 pub use session::SERVICE_RESTART;
 
+use admission::Admission;
 use rooms::Rooms;
 
 /// What every connection shares.
@@ -36,6 +46,7 @@ pub(crate) struct Core {
     archive: Arc<dyn Archive>,
     rooms: Arc<Rooms>,
     limits: Limits,
+    admission: Arc<Admission>,
     broker_up: Arc<AtomicBool>,
     store_up: AtomicBool,
     /// `Some(window)` once draining: connections close at random within the window.
@@ -73,7 +84,8 @@ impl Core {
 
     fn connection_closed(&self, protocol: &'static str, reason: &'static str) {
         let open = self.connections.fetch_sub(1, Ordering::Relaxed) - 1;
-        ::metrics::counter!("roomcast_gateway_disconnects_total", "protocol" => protocol, "reason" => reason).increment(1);
+        ::metrics::counter!("roomcast_gateway_disconnects_total", "protocol" => protocol, "reason" => reason)
+            .increment(1);
         ::metrics::gauge!("roomcast_gateway_connections", "protocol" => protocol).set(open as f64);
     }
 }
@@ -91,7 +103,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts the broker link and the store probe.
-    pub fn start(broker: Arc<dyn Broker>, archive: Arc<dyn Archive>, limits: Limits) -> Self {
+    pub fn start(broker: Arc<dyn Broker>, archive: Arc<dyn Archive>, limits: Limits, access: Access) -> Self {
         let (interests, interest_rx) = mpsc::unbounded_channel();
         let rooms = Arc::new(Rooms::new(archive.clone(), interests, limits.clone()));
         let (stop, stopped) = watch::channel(false);
@@ -99,6 +111,7 @@ impl Gateway {
             broker: broker.clone(),
             archive,
             rooms: rooms.clone(),
+            admission: Arc::new(Admission::new(access, limits.max_connections, limits.max_connections_per_ip)),
             limits,
             broker_up: Arc::new(AtomicBool::new(false)),
             store_up: AtomicBool::new(false),
@@ -117,9 +130,10 @@ impl Gateway {
         gateway
     }
 
-    /// Serves HTTP and WebSockets on `listener` until [`Gateway::drain`] or [`Gateway::stop`].
-    pub async fn serve(&self, listener: TcpListener) {
-        http::serve(self.core.clone(), self.sio.clone(), listener, self.closed.subscribe()).await;
+    /// Serves HTTP and WebSockets (over TLS when `tls` is set) on `listener` until
+    /// [`Gateway::drain`] or [`Gateway::stop`].
+    pub async fn serve(&self, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+        http::serve(self.core.clone(), self.sio.clone(), listener, tls, self.closed.subscribe()).await;
     }
 
     pub fn is_ready(&self) -> bool {
@@ -144,6 +158,41 @@ impl Gateway {
         tracing::info!(left = self.connections(), "drained");
     }
 
+    /// Runs a gateway process's life: the admin endpoint (metrics, health, readiness),
+    /// the front door on `listen`, and on SIGTERM the drain, then stop.
+    pub async fn run(
+        self,
+        listen: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        admin: SocketAddr,
+        metrics: PrometheusHandle,
+        drain: Duration,
+    ) -> anyhow::Result<()> {
+        let (admin_stop, admin_stopped) = watch::channel(false);
+        let ready = telemetry::Readiness::default();
+        let admin = telemetry::bind(admin, "metrics").await?;
+        tokio::spawn(telemetry::serve_admin(admin, metrics, ready.clone(), admin_stopped));
+        let readiness = self.clone();
+        tokio::spawn(async move {
+            loop {
+                ready.set(readiness.is_ready());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        let listener = telemetry::bind(listen, "HTTP").await?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(url = %format!("{scheme}://{listen}"), "serving");
+        let server = self.clone();
+        tokio::spawn(async move { server.serve(listener, tls).await });
+
+        telemetry::terminated().await;
+        self.drain(drain).await;
+        self.stop();
+        let _ = admin_stop.send(true);
+        tracing::info!("stopped");
+        Ok(())
+    }
+
     /// Stops accepting and ends the background tasks, without closing connections.
     pub fn stop(&self) {
         self.closed.send_replace(true);
@@ -155,7 +204,11 @@ impl Gateway {
         let mut stopped = self.stop.subscribe();
         tokio::spawn(async move {
             loop {
-                ::metrics::gauge!("roomcast_gateway_ready").set(if core.not_ready_reason().is_none() { 1.0 } else { 0.0 });
+                ::metrics::gauge!("roomcast_gateway_ready").set(if core.not_ready_reason().is_none() {
+                    1.0
+                } else {
+                    0.0
+                });
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = wait_until(&mut stopped, |s| *s) => {

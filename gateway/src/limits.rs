@@ -1,5 +1,7 @@
 //! Sizes and counts a client may use, all with defaults that are safe in public.
 
+use std::num::NonZeroU32;
+
 use crate::protocol::Refusal;
 
 #[derive(Debug, Clone)]
@@ -19,6 +21,14 @@ pub struct Limits {
     pub max_recovery: usize,
     /// Bytes queued towards one client before it is disconnected as too slow.
     pub send_queue_bytes: usize,
+    /// Frames (or Socket.IO events) one connection may send per second, sustained.
+    pub frames_per_second: u32,
+    /// Frames one connection may send at once above the sustained rate.
+    pub frame_burst: u32,
+    /// Connections this gateway holds at once; 0 for no limit.
+    pub max_connections: usize,
+    /// Connections one client IP may hold at once; 0 for no limit.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -34,6 +44,10 @@ impl Default for Limits {
             history_page: 50,
             max_recovery: 5000,
             send_queue_bytes: 1024 * 1024,
+            frames_per_second: 20,
+            frame_burst: 40,
+            max_connections: 50_000,
+            max_connections_per_ip: 1_000,
         }
     }
 }
@@ -46,6 +60,22 @@ fn valid_name(name: &str, max: usize) -> bool {
 }
 
 impl Limits {
+    /// A per-connection rate limiter for [`Limits::frames_per_second`].
+    pub fn frame_limiter(&self) -> governor::DefaultDirectRateLimiter {
+        let rate = NonZeroU32::new(self.frames_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(self.frame_burst).unwrap_or(rate);
+        governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
+    }
+
+    /// The refusal for a frame over the rate.
+    pub fn rate_refusal(&self) -> Refusal {
+        Refusal::new(
+            "rate_limited",
+            "rate_limited",
+            format!("more than {} frames per second (burst {}): slow down", self.frames_per_second, self.frame_burst),
+        )
+    }
+
     pub fn check_room(&self, room: &str) -> Result<(), Refusal> {
         if valid_name(room, self.max_room_chars) {
             Ok(())

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use fanout::FanoutClient;
-use gateway::{Gateway, Limits};
+use gateway::{EdgeArgs, Gateway};
 use persister::PersisterClient;
-use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(version, about = "roomcast gateway: WebSocket clients in, gRPC to fanout and persister")]
@@ -29,6 +28,8 @@ struct Args {
     /// On SIGTERM, connections are closed (code 1012) at random within this many seconds.
     #[arg(long, env = "ROOMCAST_DRAIN_SECONDS", default_value_t = 20)]
     drain_seconds: u64,
+    #[command(flatten)]
+    edge: EdgeArgs,
 }
 
 #[tokio::main]
@@ -37,31 +38,10 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init_logging("gateway");
     let metrics = telemetry::init_metrics("gateway")?;
     gateway::describe_metrics();
+    let edge = args.edge.load()?;
     let broker = Arc::new(FanoutClient::new(&args.fanout)?);
     let archive = Arc::new(PersisterClient::new(&args.persister)?);
-    let gateway = Gateway::start(broker, archive, Limits::default());
-
-    let (admin_stop, admin_stopped) = watch::channel(false);
-    let ready = telemetry::Readiness::default();
-    let admin = telemetry::bind(args.metrics_listen, "metrics").await?;
-    tokio::spawn(telemetry::serve_admin(admin, metrics, ready.clone(), admin_stopped));
-    let readiness = gateway.clone();
-    tokio::spawn(async move {
-        loop {
-            ready.set(readiness.is_ready());
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    });
-
-    let listener = telemetry::bind(args.listen, "HTTP").await?;
-    tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, fanout = %args.fanout, persister = %args.persister, "gateway serving");
-    let server = gateway.clone();
-    tokio::spawn(async move { server.serve(listener).await });
-
-    telemetry::terminated().await;
-    gateway.drain(Duration::from_secs(args.drain_seconds)).await;
-    gateway.stop();
-    let _ = admin_stop.send(true);
-    tracing::info!("gateway stopped");
-    Ok(())
+    tracing::info!(fanout = %args.fanout, persister = %args.persister, metrics = %args.metrics_listen, "gateway starting");
+    let gateway = Gateway::start(broker, archive, edge.limits, edge.access);
+    gateway.run(args.listen, edge.tls, args.metrics_listen, metrics, Duration::from_secs(args.drain_seconds)).await
 }

@@ -3,7 +3,9 @@
 
 use std::sync::LazyLock;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram, Unit,
+};
 
 pub struct GatewayMetrics {
     pub send_queue_bytes: Gauge,
@@ -35,12 +37,30 @@ pub fn describe() {
     describe_counter!("roomcast_gateway_frames_received_total", "Frames received from clients, by protocol.");
     describe_counter!("roomcast_gateway_frames_sent_total", "Frames written to clients, by protocol.");
     describe_counter!("roomcast_gateway_messages_sent_total", "Client sends, by result (acked or error).");
-    describe_counter!("roomcast_gateway_bad_frames_total", "Client frames refused, by kind.");
+    describe_counter!(
+        "roomcast_gateway_bad_frames_total",
+        "Client frames refused, by kind (malformed, or over a limit)."
+    );
+    describe_counter!(
+        "roomcast_gateway_refused_connections_total",
+        "Connections refused before any room was touched, by reason."
+    );
     describe_gauge!("roomcast_gateway_send_queue_bytes", "Bytes queued towards clients, all connections.");
-    describe_counter!("roomcast_gateway_slow_consumer_disconnects_total", "Clients closed for not reading fast enough.");
+    describe_counter!(
+        "roomcast_gateway_slow_consumer_disconnects_total",
+        "Clients closed for not reading fast enough."
+    );
     describe_counter!("roomcast_gateway_deliveries_total", "Messages handed to members.");
-    describe_histogram!("roomcast_gateway_delivery_latency_seconds", Unit::Seconds, "From a send's acceptance to its delivery, per message and gateway.");
-    describe_histogram!("roomcast_gateway_upstream_request_duration_seconds", Unit::Seconds, "gRPC calls to fanout and persister, by upstream and method.");
+    describe_histogram!(
+        "roomcast_gateway_delivery_latency_seconds",
+        Unit::Seconds,
+        "From a send's acceptance to its delivery, per message and gateway."
+    );
+    describe_histogram!(
+        "roomcast_gateway_upstream_request_duration_seconds",
+        Unit::Seconds,
+        "gRPC calls to fanout and persister, by upstream and method."
+    );
     describe_counter!("roomcast_gateway_upstream_errors_total", "Failed gRPC calls, by upstream and method.");
     describe_gauge!("roomcast_gateway_ready", "1 while ready (upstreams reachable, not draining).");
     describe_gauge!("roomcast_gateway_rooms", "Rooms with members on this gateway.");
@@ -58,8 +78,23 @@ pub fn describe() {
     for method in ["write", "history", "resolve", "max_seq"] {
         counter!("roomcast_gateway_upstream_errors_total", "upstream" => "persister", "method" => method).absolute(0);
     }
-    for kind in ["invalid_json", "unknown_type", "invalid_field", "too_large", "binary", "limit", "rate_limited"] {
+    for kind in [
+        "invalid_json",
+        "unknown_type",
+        "invalid_field",
+        "too_large",
+        "binary",
+        "too_many_rooms",
+        "overloaded",
+        "rate_limited",
+        "forbidden_room",
+    ] {
         counter!("roomcast_gateway_bad_frames_total", "kind" => kind).absolute(0);
+    }
+    for reason in
+        ["origin_not_allowed", "token_missing", "token_invalid", "token_expired", "server_full", "too_many_connections"]
+    {
+        counter!("roomcast_gateway_refused_connections_total", "reason" => reason).absolute(0);
     }
     for protocol in ["ws", "socketio"] {
         for reason in ["client_close", "error", "slow_consumer", "drain", "protocol_error"] {

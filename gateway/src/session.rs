@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use governor::DefaultDirectRateLimiter;
 use persister::HistoryQuery;
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -14,6 +15,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::admission::{Admitted, Slot};
+use crate::auth::RoomGrant;
 use crate::metrics::METRICS;
 use crate::outbox::{outbox, Outbox, SLOW_CONSUMER};
 use crate::protocol::{decode, visible, ClientFrame, Refusal, ServerFrame};
@@ -33,7 +36,7 @@ struct SendJob {
     client_id: String,
 }
 
-pub async fn serve<S>(core: Arc<Core>, ws: WebSocketStream<S>, user: String)
+pub async fn serve<S>(core: Arc<Core>, ws: WebSocketStream<S>, user: String, admitted: Admitted)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -41,9 +44,17 @@ where
     let (outbox, writer) = outbox(core.limits.send_queue_bytes);
     let (sink, mut stream) = ws.split();
     let writer = tokio::spawn(writer.run(sink));
-    let (sends, send_rx) = mpsc::channel(SEND_QUEUE);
-    let sender = tokio::spawn(send_loop(core.clone(), user.clone(), outbox.clone(), send_rx));
-    let mut session = Session { core: core.clone(), member, outbox: outbox.clone(), rooms: HashSet::new(), sends };
+    let mut session = Session {
+        core: core.clone(),
+        member,
+        user,
+        outbox: outbox.clone(),
+        rooms: HashSet::new(),
+        grant: admitted.rooms,
+        limiter: core.limits.frame_limiter(),
+        sender: None,
+        _slot: admitted.slot,
+    };
     core.connection_opened("ws");
 
     let mut closed = outbox.closed();
@@ -89,7 +100,6 @@ where
     };
     session.leave_all();
     drop(session);
-    sender.abort();
     outbox.close(1000, "bye");
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     core.connection_closed("ws", reason);
@@ -98,14 +108,34 @@ where
 struct Session {
     core: Arc<Core>,
     member: MemberId,
+    user: String,
     outbox: Outbox,
     rooms: HashSet<String>,
-    sends: mpsc::Sender<SendJob>,
+    grant: RoomGrant,
+    limiter: DefaultDirectRateLimiter,
+    /// The send queue and its task, started by the first send: most connections only read.
+    sender: Option<Sender>,
+    _slot: Slot,
+}
+
+/// A connection's send queue and the task that works through it in order.
+struct Sender {
+    jobs: mpsc::Sender<SendJob>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Session {
     fn on_text(&mut self, text: &str) {
         METRICS.frames_received_ws.increment(1);
+        if self.limiter.check().is_err() {
+            return self.refuse(self.core.limits.rate_refusal(), None);
+        }
         let frame = match decode(text, &self.core.limits) {
             Ok(frame) => frame,
             Err(refusal) => return self.refuse(refusal, None),
@@ -121,13 +151,22 @@ impl Session {
             ClientFrame::Send { room, text, client_id } => {
                 let client_id = client_id.unwrap_or_else(|| ulid::Ulid::new().to_string());
                 if !self.rooms.contains(&room) {
-                    let refusal = Refusal::new("not_joined", "invalid_field", format!("join room {room} before sending to it"));
+                    let refusal =
+                        Refusal::new("not_joined", "invalid_field", format!("join room {room} before sending to it"));
                     return self.refuse(refusal, Some(&client_id));
                 }
-                if let Err(mpsc::error::TrySendError::Full(job)) = self.sends.try_send(SendJob { room, text, client_id }) {
+                let (core, user, outbox) = (&self.core, &self.user, &self.outbox);
+                let sender = self.sender.get_or_insert_with(|| {
+                    let (jobs, queue) = mpsc::channel(SEND_QUEUE);
+                    let task = tokio::spawn(send_loop(core.clone(), user.clone(), outbox.clone(), queue));
+                    Sender { jobs, task }
+                });
+                if let Err(mpsc::error::TrySendError::Full(job)) =
+                    sender.jobs.try_send(SendJob { room, text, client_id })
+                {
                     let refusal = Refusal::new(
                         "overloaded",
-                        "rate_limited",
+                        "overloaded",
                         format!("more than {SEND_QUEUE} sends are waiting; wait for acks before sending more"),
                     );
                     self.refuse(refusal, Some(&job.client_id));
@@ -138,18 +177,24 @@ impl Session {
     }
 
     fn join(&mut self, room: String, since: Option<u64>) {
+        if !self.grant.allows(&room) {
+            return self.refuse(forbidden(&room), None);
+        }
         if self.rooms.contains(&room) {
             // A repeated join is a resync: leave and join again with the given position.
             self.core.rooms.leave(&room, self.member);
         } else if self.rooms.len() >= self.core.limits.max_rooms_per_connection {
             let message = format!("a connection may be in at most {} rooms", self.core.limits.max_rooms_per_connection);
-            return self.refuse(Refusal::new("too_many_rooms", "limit", message), None);
+            return self.refuse(Refusal::new("too_many_rooms", "too_many_rooms", message), None);
         }
         self.core.rooms.join(&room, self.member, Arc::new(self.outbox.clone()), since);
         self.rooms.insert(room);
     }
 
     fn history(&self, room: String, before: Option<u64>, limit: Option<u32>) {
+        if !self.grant.allows(&room) {
+            return self.refuse(forbidden(&room), None);
+        }
         let archive = self.core.archive.clone();
         let outbox = self.outbox.clone();
         let limit = limit.unwrap_or(self.core.limits.history_page);
@@ -159,7 +204,8 @@ impl Session {
                 Ok(page) => ServerFrame::History { room: &room, messages: visible(&page) }.to_json(),
                 Err(err) => {
                     let message = format!("cannot read history: {err}");
-                    ServerFrame::Error { code: "unavailable", message: &message, client_id: None, room: Some(&room) }.to_json()
+                    ServerFrame::Error { code: "unavailable", message: &message, client_id: None, room: Some(&room) }
+                        .to_json()
                 }
             };
             outbox.push_json(reply);
@@ -179,20 +225,36 @@ impl Session {
     }
 }
 
+/// A join or history request for a room the token does not grant.
+pub(crate) fn forbidden(room: &str) -> Refusal {
+    Refusal::new("forbidden_room", "forbidden_room", format!("your token does not grant room {room}"))
+}
+
 async fn send_loop(core: Arc<Core>, user: String, outbox: Outbox, mut jobs: mpsc::Receiver<SendJob>) {
     while let Some(job) = jobs.recv().await {
         let reply = match core.send(&user, &job.room, &job.text, &job.client_id).await {
             Ok(stored) => {
                 metrics::counter!("roomcast_gateway_messages_sent_total", "result" => "acked").increment(1);
-                ServerFrame::Ack { client_id: &job.client_id, room: &job.room, seq: stored.seq, id: &stored.id, ts: stored.ts }
-                    .to_json()
+                ServerFrame::Ack {
+                    client_id: &job.client_id,
+                    room: &job.room,
+                    seq: stored.seq,
+                    id: &stored.id,
+                    ts: stored.ts,
+                }
+                .to_json()
             }
             Err(err) => {
                 metrics::counter!("roomcast_gateway_messages_sent_total", "result" => "error").increment(1);
                 tracing::warn!(%err, room = %job.room, user = %user, client_id = %job.client_id, "send failed");
                 let message = err.to_string();
-                ServerFrame::Error { code: err.code(), message: &message, client_id: Some(&job.client_id), room: Some(&job.room) }
-                    .to_json()
+                ServerFrame::Error {
+                    code: err.code(),
+                    message: &message,
+                    client_id: Some(&job.client_id),
+                    room: Some(&job.room),
+                }
+                .to_json()
             }
         };
         outbox.push_json(reply);

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use governor::DefaultDirectRateLimiter;
 use persister::HistoryQuery;
 use roomcast_proto::ChatMessage;
 use serde::Deserialize;
@@ -20,9 +21,13 @@ use socketioxide::SocketIo;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::admission::{Admitted, Offer, Rejection, Slot};
+use crate::auth::RoomGrant;
+use crate::http::PeerAddr;
 use crate::metrics::METRICS;
 use crate::protocol::{visible, Refusal, WireMessage};
 use crate::rooms::{MemberId, Sink};
+use crate::session::forbidden;
 use crate::Core;
 
 /// The system room holding the room map; its name cannot be a client room name.
@@ -37,8 +42,10 @@ pub fn install(io: &SocketIo, core: Arc<Core>) {
     let snapshot = directory.clone();
     // Handlers are registered in a middleware, which runs before the client is told it is
     // connected: events it sends right away find their handler.
-    let register = async move |socket: SocketRef, Data(auth): Data<Value>| -> Result<(), std::convert::Infallible> {
-        on_connect(socket, auth, core.clone());
+    // A refused connection gets a connect_error carrying the rejection's code and message.
+    let register = async move |socket: SocketRef, Data(auth): Data<Value>| -> Result<(), String> {
+        let admitted = admit(&socket, &auth, &core).map_err(|r| format!("{}: {}", r.code, r.message))?;
+        on_connect(socket, admitted, core.clone());
         Ok(())
     };
     let connected = async move |socket: SocketRef| {
@@ -47,11 +54,32 @@ pub fn install(io: &SocketIo, core: Arc<Core>) {
     io.ns("/", connected.with(register));
 }
 
+/// Origin, token and connection limits, as for `/ws`; the token comes in the auth
+/// payload (`{token}`) or the query (`?token=`).
+fn admit(socket: &SocketRef, auth: &Value, core: &Core) -> Result<Admitted, Rejection> {
+    let parts = socket.req_parts();
+    let token = auth.get("token").and_then(Value::as_str).map(str::to_owned).or_else(|| query_param(socket, "token"));
+    let user = auth.get("user").and_then(Value::as_str).map(str::to_owned).or_else(|| query_param(socket, "user"));
+    let offer = Offer {
+        ip: parts.extensions.get::<PeerAddr>().map(|p| p.0.ip()),
+        origin: parts.headers.get(hyper::header::ORIGIN).and_then(|o| o.to_str().ok()),
+        token: token.as_deref(),
+        user: user.as_deref(),
+    };
+    core.admission.admit(offer)
+}
+
 /// One Socket.IO connection's state, kept in the socket's extensions.
 struct Conn {
     core: Arc<Core>,
     member: MemberId,
+    /// The user, from the token when there is one (then `send_message`'s username is ignored).
     user: Option<String>,
+    authenticated: bool,
+    grant: RoomGrant,
+    limiter: DefaultDirectRateLimiter,
+    /// Given back at disconnect.
+    slot: Mutex<Option<Slot>>,
     /// Rooms joined, by which style of events.
     rooms: Mutex<HashMap<String, Style>>,
     sends: mpsc::Sender<SendJob>,
@@ -61,6 +89,13 @@ struct Conn {
 impl Conn {
     fn rooms(&self) -> MutexGuard<'_, HashMap<String, Style>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The refusal for an event over the connection's rate, counted.
+    fn over_rate(&self) -> Option<Refusal> {
+        let refusal = self.limiter.check().err().map(|_| self.core.limits.rate_refusal())?;
+        metrics::counter!("roomcast_gateway_bad_frames_total", "kind" => refusal.kind).increment(1);
+        Some(refusal)
     }
 }
 
@@ -81,18 +116,18 @@ struct SendJob {
     style: Style,
 }
 
-fn on_connect(socket: SocketRef, auth: Value, core: Arc<Core>) {
-    let user = auth
-        .get("user")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .or_else(|| query_user(&socket))
-        .filter(|user| core.limits.check_user(user).is_ok());
+fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
+    let authenticated = admitted.authenticated;
+    let user = admitted.user.filter(|user| core.limits.check_user(user).is_ok());
     let (sends, jobs) = mpsc::channel(SEND_QUEUE);
     let conn = Arc::new(Conn {
         core: core.clone(),
         member: core.next_member_id(),
         user,
+        authenticated,
+        grant: admitted.rooms,
+        limiter: core.limits.frame_limiter(),
+        slot: Mutex::new(Some(admitted.slot)),
         rooms: Mutex::new(HashMap::new()),
         sends,
         sent: std::sync::atomic::AtomicU64::new(0),
@@ -103,37 +138,67 @@ fn on_connect(socket: SocketRef, auth: Value, core: Arc<Core>) {
 
     let c = conn.clone();
     socket.on("join_room", async move |s: SocketRef, Data(JoinRoomArgs(room, previous)): Data<JoinRoomArgs>| {
+        if let Some(refusal) = c.over_rate() {
+            return emit_error(&s, refusal, None);
+        }
         if let Some(previous) = previous.filter(|p| c.rooms().get(p).is_some()) {
             leave(&c, &previous);
         }
         match room {
             Some(room) => join(&c, &s, room, None, Style::Original, None),
-            None => emit_error(&s, Refusal::new("bad_request", "invalid_field", "join_room(roomId, previousRoomId?) needs a roomId"), None),
+            None => emit_error(
+                &s,
+                Refusal::new("bad_request", "invalid_field", "join_room(roomId, previousRoomId?) needs a roomId"),
+                None,
+            ),
         }
     });
     let c = conn.clone();
     socket.on("send_message", async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
+        if let Some(refusal) = c.over_rate() {
+            return emit_error(&s, refusal, None);
+        }
         let payload: Result<OriginalSend, _> = serde_json::from_value(args);
         let Ok(payload) = payload else {
-            return emit_error(&s, Refusal::new("bad_request", "invalid_field", "send_message needs {roomId, message, username}"), None);
+            return emit_error(
+                &s,
+                Refusal::new("bad_request", "invalid_field", "send_message needs {roomId, message, username}"),
+                None,
+            );
+        };
+        // With a token, the name is the token's, whatever the payload says.
+        let username = match (&c.user, c.authenticated) {
+            (Some(user), true) => user.clone(),
+            _ => payload.username,
         };
         let n = c.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The socket id marks the sender's own messages, which `room_message` skips.
         let client_id = format!("sio:{}:{n}", s.id);
-        queue_send(&c, payload.room_id, payload.username, payload.message, client_id, ack, Style::Original);
+        queue_send(&c, payload.room_id, username, payload.message, client_id, ack, Style::Original);
     });
     let c = conn.clone();
     socket.on("create_room", async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
+        if let Some(refusal) = c.over_rate() {
+            return emit_error(&s, refusal, None);
+        }
         let payload: Result<CreateRoom, _> = serde_json::from_value(args);
         let Ok(payload) = payload else {
-            return emit_error(&s, Refusal::new("bad_request", "invalid_field", "create_room needs {roomName, roomId}"), None);
+            return emit_error(
+                &s,
+                Refusal::new("bad_request", "invalid_field", "create_room needs {roomName, roomId}"),
+                None,
+            );
         };
         let name = payload.room_name.trim().to_owned();
         if let Err(refusal) = c.core.limits.check_room(&payload.room_id) {
             return emit_error(&s, refusal, None);
         }
         if name.is_empty() || name.chars().count() > c.core.limits.max_room_chars {
-            let refusal = Refusal::new("bad_request", "invalid_field", format!("roomName must be 1 to {} characters", c.core.limits.max_room_chars));
+            let refusal = Refusal::new(
+                "bad_request",
+                "invalid_field",
+                format!("roomName must be 1 to {} characters", c.core.limits.max_room_chars),
+            );
             return emit_error(&s, refusal, None);
         }
         let entry = json!({"roomId": payload.room_id, "roomName": name}).to_string();
@@ -142,42 +207,83 @@ fn on_connect(socket: SocketRef, auth: Value, core: Arc<Core>) {
     });
     let c = conn.clone();
     socket.on("join", async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
+        if let Some(refusal) = c.over_rate() {
+            return ack_error(ack, refusal, None);
+        }
         match serde_json::from_value::<JoinArgs>(args) {
             Ok(JoinArgs { room, since }) => join(&c, &s, room, since, Style::Roomcast, Some(ack)),
-            Err(err) => ack_error(ack, Refusal::new("bad_request", "invalid_field", format!("join needs {{room, since?}}: {err}")), None),
+            Err(err) => ack_error(
+                ack,
+                Refusal::new("bad_request", "invalid_field", format!("join needs {{room, since?}}: {err}")),
+                None,
+            ),
         }
     });
     let c = conn.clone();
     socket.on("leave", async move |Data(args): Data<Value>, ack: AckSender| {
+        if let Some(refusal) = c.over_rate() {
+            return ack_error(ack, refusal, None);
+        }
         let room = args.get("room").and_then(Value::as_str).unwrap_or_default().to_owned();
         leave(&c, &room);
         let _ = ack.send(&json!({"room": room}));
     });
     let c = conn.clone();
     socket.on("send", async move |Data(args): Data<Value>, ack: AckSender| {
+        if let Some(refusal) = c.over_rate() {
+            return ack_error(ack, refusal, None);
+        }
         let args: SendArgs = match serde_json::from_value(args) {
             Ok(args) => args,
-            Err(err) => return ack_error(ack, Refusal::new("bad_request", "invalid_field", format!("send needs {{room, text, client_id?}}: {err}")), None),
+            Err(err) => {
+                return ack_error(
+                    ack,
+                    Refusal::new(
+                        "bad_request",
+                        "invalid_field",
+                        format!("send needs {{room, text, client_id?}}: {err}"),
+                    ),
+                    None,
+                )
+            }
         };
         let client_id = args.client_id.unwrap_or_else(|| ulid::Ulid::new().to_string());
         let Some(user) = c.user.clone() else {
-            let refusal = Refusal::new("invalid_user", "invalid_field", "connect with auth {user: NAME} (or ?user=NAME) to send");
+            let refusal =
+                Refusal::new("invalid_user", "invalid_field", "connect with auth {user: NAME} (or ?user=NAME) to send");
             return ack_error(ack, refusal, Some(&client_id));
         };
         if !c.rooms().contains_key(&args.room) {
-            let refusal = Refusal::new("not_joined", "invalid_field", format!("join room {} before sending to it", args.room));
+            let refusal =
+                Refusal::new("not_joined", "invalid_field", format!("join room {} before sending to it", args.room));
             return ack_error(ack, refusal, Some(&client_id));
         }
         queue_send(&c, args.room, user, args.text, client_id, ack, Style::Roomcast);
     });
     let c = conn.clone();
     socket.on("history", async move |Data(args): Data<Value>, ack: AckSender| {
+        if let Some(refusal) = c.over_rate() {
+            return ack_error(ack, refusal, None);
+        }
         let args: HistoryArgs = match serde_json::from_value(args) {
             Ok(args) => args,
-            Err(err) => return ack_error(ack, Refusal::new("bad_request", "invalid_field", format!("history needs {{room, before?, limit?}}: {err}")), None),
+            Err(err) => {
+                return ack_error(
+                    ack,
+                    Refusal::new(
+                        "bad_request",
+                        "invalid_field",
+                        format!("history needs {{room, before?, limit?}}: {err}"),
+                    ),
+                    None,
+                )
+            }
         };
         if let Err(refusal) = c.core.limits.check_room(&args.room) {
             return ack_error(ack, refusal, None);
+        }
+        if !c.grant.allows(&args.room) {
+            return ack_error(ack, forbidden(&args.room), None);
         }
         let archive = c.core.archive.clone();
         let limit = args.limit.unwrap_or(c.core.limits.history_page);
@@ -201,12 +307,13 @@ fn on_connect(socket: SocketRef, auth: Value, core: Arc<Core>) {
             _ => "error",
         };
         conn.core.connection_closed(PROTOCOL, reason);
+        conn.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
     });
 }
 
-fn query_user(socket: &SocketRef) -> Option<String> {
+fn query_param(socket: &SocketRef, name: &str) -> Option<String> {
     let query = socket.req_parts().uri.query()?;
-    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "user").map(|(_, v)| v.into_owned())
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 /// `join_room(roomId, previousRoomId?)`: one or two arguments. socketioxide hands a
@@ -273,12 +380,22 @@ fn join(conn: &Arc<Conn>, socket: &SocketRef, room: String, since: Option<u64>, 
             None => emit_error(socket, refusal, None),
         };
     }
+    if !conn.grant.allows(&room) {
+        return match ack {
+            Some(ack) => ack_error(ack, forbidden(&room), None),
+            None => emit_error(socket, forbidden(&room), None),
+        };
+    }
     let mut rooms = conn.rooms();
     if rooms.contains_key(&room) {
         conn.core.rooms.leave(&room, conn.member);
     } else if rooms.len() >= conn.core.limits.max_rooms_per_connection {
         drop(rooms);
-        let refusal = Refusal::new("too_many_rooms", "limit", format!("a connection may be in at most {} rooms", conn.core.limits.max_rooms_per_connection));
+        let refusal = Refusal::new(
+            "too_many_rooms",
+            "too_many_rooms",
+            format!("a connection may be in at most {} rooms", conn.core.limits.max_rooms_per_connection),
+        );
         return match ack {
             Some(ack) => ack_error(ack, refusal, None),
             None => emit_error(socket, refusal, None),
@@ -286,7 +403,8 @@ fn join(conn: &Arc<Conn>, socket: &SocketRef, room: String, since: Option<u64>, 
     }
     rooms.insert(room.clone(), style);
     drop(rooms);
-    let sink = SocketSink { socket: socket.clone(), style, join_ack: Mutex::new(ack), own: format!("sio:{}:", socket.id) };
+    let sink =
+        SocketSink { socket: socket.clone(), style, join_ack: Mutex::new(ack), own: format!("sio:{}:", socket.id) };
     conn.core.rooms.join(&room, conn.member, Arc::new(sink), since);
 }
 
@@ -305,8 +423,14 @@ fn queue_send(conn: &Conn, room: String, user: String, text: String, client_id: 
     if let Err(refusal) = checks {
         return ack_error(ack, refusal, Some(&client_id));
     }
-    if let Err(mpsc::error::TrySendError::Full(job)) = conn.sends.try_send(SendJob { room, user, text, client_id, ack, style }) {
-        let refusal = Refusal::new("overloaded", "rate_limited", format!("more than {SEND_QUEUE} sends are waiting; wait for acks"));
+    if let Err(mpsc::error::TrySendError::Full(job)) =
+        conn.sends.try_send(SendJob { room, user, text, client_id, ack, style })
+    {
+        let refusal = Refusal::new(
+            "overloaded",
+            "overloaded",
+            format!("more than {SEND_QUEUE} sends are waiting; wait for acks"),
+        );
         ack_error(job.ack, refusal, Some(&job.client_id));
     }
 }
@@ -323,7 +447,8 @@ async fn send_loop(core: Arc<Core>, socket: SocketRef, mut jobs: mpsc::Receiver<
                 tracing::warn!(%err, room = %job.room, user = %job.user, client_id = %job.client_id, "send failed");
                 let error = json!({"code": err.code(), "message": err.to_string()});
                 if job.style == Style::Original {
-                    let _ = socket.emit("error", &json!({"code": err.code(), "message": err.to_string(), "room": job.room}));
+                    let _ = socket
+                        .emit("error", &json!({"code": err.code(), "message": err.to_string(), "room": job.room}));
                 }
                 let _ = job.ack.send(&json!({"error": error, "client_id": job.client_id}));
             }
@@ -418,8 +543,12 @@ impl Directory {
     }
 
     fn add(&self, msg: &ChatMessage) -> bool {
-        let Ok(entry) = serde_json::from_str::<Value>(&msg.text) else { return false };
-        let (Some(id), Some(name)) = (entry["roomId"].as_str(), entry["roomName"].as_str()) else { return false };
+        let Ok(entry) = serde_json::from_str::<Value>(&msg.text) else {
+            return false;
+        };
+        let (Some(id), Some(name)) = (entry["roomId"].as_str(), entry["roomName"].as_str()) else {
+            return false;
+        };
         self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), json!({"name": name}));
         true
     }
@@ -434,7 +563,10 @@ impl Directory {
 
 impl Sink for Directory {
     fn joined(&self, _room: &str, page: &[ChatMessage], _truncated: bool) {
-        let added = page.iter().filter(|m| !m.tombstone).fold(false, |any, m| self.add(m) || any);
+        let mut added = false;
+        for message in page.iter().filter(|m| !m.tombstone) {
+            added |= self.add(message);
+        }
         if added {
             self.broadcast();
         }

@@ -1,21 +1,38 @@
 //! `roomcast`: the whole chat service in one process, with no external services. The
 //! gateway runs against the embedded broker (memory) and store (redb on disk), and
-//! serves the web page at `/`.
+//! serves the web page at `/`. `roomcast token` mints a development JWT.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use fanout::MemoryBroker;
-use gateway::{Gateway, Limits};
+use gateway::{EdgeArgs, Gateway};
 use persister::{BatcherConfig, Persister, RedbStore};
-use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(version, about = "roomcast in one process: open http://127.0.0.1:8080 and chat")]
-struct Args {
+#[command(
+    version,
+    about = "roomcast in one process: open http://127.0.0.1:8080 and chat",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print an HS256 token for development, signed with --secret.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
     /// Address for the web page and WebSockets.
     #[arg(long, env = "ROOMCAST_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -28,40 +45,50 @@ struct Args {
     /// On SIGTERM, connections are closed (code 1012) at random within this many seconds.
     #[arg(long, env = "ROOMCAST_DRAIN_SECONDS", default_value_t = 2)]
     drain_seconds: u64,
+    #[command(flatten)]
+    edge: EdgeArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The user name the token carries (its `sub`).
+    #[arg(long)]
+    user: String,
+    /// Rooms the token may join: comma-separated glob patterns (e.g. "team-*,lobby"); all when absent.
+    #[arg(long)]
+    rooms: Option<String>,
+    /// How long the token is valid, e.g. 90s, 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// The server's --auth-jwt-secret.
+    #[arg(long, env = "ROOMCAST_AUTH_JWT_SECRET", hide_env_values = true)]
+    secret: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => {
+            anyhow::ensure!(
+                args.secret.len() >= 32,
+                "--secret must be at least 32 bytes, like the server's --auth-jwt-secret"
+            );
+            println!("{}", gateway::mint_token(&args.secret, &args.user, args.rooms.as_deref(), args.ttl)?);
+            Ok(())
+        }
+        None => tokio::runtime::Runtime::new()?.block_on(serve(cli.serve)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init_logging("roomcast");
     let metrics = telemetry::init_metrics("roomcast")?;
     gateway::describe_metrics();
     persister::metrics::describe();
+    let edge = args.edge.load()?;
     let store = RedbStore::open(&args.data_dir)?;
     let archive = Arc::new(Persister::new(Arc::new(store), BatcherConfig::default()));
-    let gateway = Gateway::start(Arc::new(MemoryBroker::default()), archive, Limits::default());
-
-    let (admin_stop, admin_stopped) = watch::channel(false);
-    let ready = telemetry::Readiness::default();
-    let admin = telemetry::bind(args.metrics_listen, "metrics").await?;
-    tokio::spawn(telemetry::serve_admin(admin, metrics, ready.clone(), admin_stopped));
-    let readiness = gateway.clone();
-    tokio::spawn(async move {
-        loop {
-            ready.set(readiness.is_ready());
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    });
-
-    let listener = telemetry::bind(args.listen, "HTTP").await?;
-    tracing::info!(url = %format!("http://{}", args.listen), data_dir = %args.data_dir.display(), "roomcast serving");
-    let server = gateway.clone();
-    tokio::spawn(async move { server.serve(listener).await });
-
-    telemetry::terminated().await;
-    gateway.drain(Duration::from_secs(args.drain_seconds)).await;
-    gateway.stop();
-    let _ = admin_stop.send(true);
-    tracing::info!("roomcast stopped");
-    Ok(())
+    tracing::info!(data_dir = %args.data_dir.display(), metrics = %args.metrics_listen, "roomcast starting");
+    let gateway = Gateway::start(Arc::new(MemoryBroker::default()), archive, edge.limits, edge.access);
+    gateway.run(args.listen, edge.tls, args.metrics_listen, metrics, Duration::from_secs(args.drain_seconds)).await
 }

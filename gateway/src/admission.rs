@@ -1,0 +1,212 @@
+//! Who may connect, checked once per connection before any room is touched: the
+//! browser's origin, the token, and the connection limits (per gateway and per client
+//! IP). An admitted connection holds a [`Slot`] that frees its place when dropped.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use hyper::StatusCode;
+
+use crate::auth::{Auth, Identity, RoomGrant};
+
+/// Who may connect at all.
+#[derive(Default)]
+pub struct Access {
+    /// Verifies tokens when set.
+    pub auth: Option<Auth>,
+    /// Refuse connections without a valid token.
+    pub auth_required: bool,
+    /// Browser origins allowed (exact `scheme://host[:port]`); empty allows any.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Why a connection was refused: an HTTP status for `/ws`, a connect error for Socket.IO.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self { status: StatusCode::UNAUTHORIZED, code, message: message.into() }
+    }
+}
+
+/// What the client offers at connect.
+pub struct Offer<'a> {
+    pub ip: Option<IpAddr>,
+    pub origin: Option<&'a str>,
+    pub token: Option<&'a str>,
+    /// The name the client asked for; ignored when a token names the user.
+    pub user: Option<&'a str>,
+}
+
+/// An admitted connection.
+pub struct Admitted {
+    /// None on Socket.IO connections that only listen.
+    pub user: Option<String>,
+    pub rooms: RoomGrant,
+    /// True when `user` comes from a verified token.
+    pub authenticated: bool,
+    pub slot: Slot,
+}
+
+pub struct Admission {
+    access: Access,
+    max_connections: usize,
+    max_per_ip: usize,
+    open: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A held connection place; dropping it gives the place back.
+pub struct Slot {
+    admission: Arc<Admission>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.admission.counts();
+        counts.total -= 1;
+        if let Some(ip) = self.ip {
+            if let Some(n) = counts.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+impl Admission {
+    /// `0` as a limit means no limit.
+    pub fn new(access: Access, max_connections: usize, max_per_ip: usize) -> Self {
+        let unlimited = |n: usize| if n == 0 { usize::MAX } else { n };
+        Self {
+            access,
+            max_connections: unlimited(max_connections),
+            max_per_ip: unlimited(max_per_ip),
+            open: Mutex::default(),
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks origin, then token, then room for one more connection.
+    pub fn admit(self: &Arc<Self>, offer: Offer<'_>) -> Result<Admitted, Rejection> {
+        let result = self.check(offer);
+        if let Err(rejection) = &result {
+            metrics::counter!("roomcast_gateway_refused_connections_total", "reason" => rejection.code).increment(1);
+        }
+        result
+    }
+
+    fn check(self: &Arc<Self>, offer: Offer<'_>) -> Result<Admitted, Rejection> {
+        if let Some(origin) = offer.origin {
+            if !self.access.allowed_origins.is_empty() && !self.access.allowed_origins.iter().any(|o| o == origin) {
+                return Err(Rejection {
+                    status: StatusCode::FORBIDDEN,
+                    code: "origin_not_allowed",
+                    message: format!("origin {origin} is not in this server's allow-list (--allowed-origins)"),
+                });
+            }
+        }
+        let identity = match (&self.access.auth, offer.token.filter(|t| !t.is_empty())) {
+            (Some(auth), Some(token)) => Some(auth.verify(token)?),
+            (_, None) if self.access.auth_required => {
+                return Err(Rejection::unauthorized(
+                    "token_missing",
+                    "this server requires a token: connect with ?token=JWT (or Socket.IO auth {token})",
+                ))
+            }
+            _ => None,
+        };
+        let authenticated = identity.is_some();
+        let (user, rooms) = match identity {
+            Some(Identity { user, rooms }) => (Some(user), rooms),
+            None => (offer.user.map(str::to_owned), RoomGrant::default()),
+        };
+        let slot = self.take_slot(offer.ip)?;
+        Ok(Admitted { user, rooms, authenticated, slot })
+    }
+
+    fn take_slot(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, Rejection> {
+        let mut counts = self.counts();
+        if counts.total >= self.max_connections {
+            return Err(Rejection {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "server_full",
+                message: format!(
+                    "this gateway holds its maximum of {} connections: retry on another",
+                    self.max_connections
+                ),
+            });
+        }
+        if let Some(ip) = ip {
+            let n = counts.per_ip.entry(ip).or_default();
+            if *n >= self.max_per_ip {
+                return Err(Rejection {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    code: "too_many_connections",
+                    message: format!("{ip} already has {} connections, the most one address may hold", self.max_per_ip),
+                });
+            }
+            *n += 1;
+        }
+        counts.total += 1;
+        Ok(Slot { admission: self.clone(), ip })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(ip: &str) -> Offer<'static> {
+        Offer { ip: Some(ip.parse().expect("ip")), origin: None, token: None, user: Some("ada") }
+    }
+
+    #[test]
+    fn per_ip_and_total_limits_free_their_place_on_drop() {
+        let admission = Arc::new(Admission::new(Access::default(), 3, 2));
+        let a = admission.admit(offer("10.0.0.1")).expect("first");
+        let _b = admission.admit(offer("10.0.0.1")).expect("second");
+        assert_eq!(admission.admit(offer("10.0.0.1")).err().map(|r| r.code), Some("too_many_connections"));
+        let _c = admission.admit(offer("10.0.0.2")).expect("other ip");
+        assert_eq!(admission.admit(offer("10.0.0.3")).err().map(|r| r.code), Some("server_full"));
+        drop(a);
+        admission.admit(offer("10.0.0.1")).expect("a place was freed");
+    }
+
+    #[test]
+    fn origins_outside_the_list_are_refused() {
+        let access = Access { allowed_origins: vec!["https://chat.example".into()], ..Access::default() };
+        let admission = Arc::new(Admission::new(access, 0, 0));
+        let from = |origin| Offer { origin: Some(origin), ..offer("10.0.0.1") };
+        assert!(admission.admit(from("https://chat.example")).is_ok());
+        assert_eq!(admission.admit(from("https://evil.example")).err().map(|r| r.code), Some("origin_not_allowed"));
+    }
+
+    #[test]
+    fn a_required_token_must_be_there() {
+        let access = Access {
+            auth: Some(Auth::hs256("0123456789abcdef0123456789abcdef").expect("auth")),
+            auth_required: true,
+            ..Access::default()
+        };
+        let admission = Arc::new(Admission::new(access, 0, 0));
+        assert_eq!(admission.admit(offer("10.0.0.1")).err().map(|r| r.code), Some("token_missing"));
+    }
+}

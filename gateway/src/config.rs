@@ -1,0 +1,108 @@
+//! The front door's settings, shared by `gateway` and `roomcast`: every limit, the
+//! authentication and the optional TLS, each a flag and an environment variable.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::admission::Access;
+use crate::auth::Auth;
+use crate::limits::Limits;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct EdgeArgs {
+    /// Connections this process holds at once (0: no limit); beyond it, 503 `server_full`.
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Connections one client IP may hold at once (0: no limit); beyond it, 429. Behind an
+    /// L7 load balancer every client shares its address: set 0 there and limit at the edge.
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS_PER_IP", default_value_t = Limits::default().max_connections_per_ip)]
+    pub max_connections_per_ip: usize,
+    /// Frames (Socket.IO events) per second one connection may send; beyond, `rate_limited`.
+    #[arg(long, env = "ROOMCAST_FRAMES_PER_SECOND", default_value_t = Limits::default().frames_per_second)]
+    pub frames_per_second: u32,
+    /// Frames one connection may send in a burst above that rate.
+    #[arg(long, env = "ROOMCAST_FRAME_BURST", default_value_t = Limits::default().frame_burst)]
+    pub frame_burst: u32,
+    /// Rooms one connection may be in at once; beyond, `too_many_rooms`.
+    #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_CONNECTION", default_value_t = Limits::default().max_rooms_per_connection)]
+    pub max_rooms_per_connection: usize,
+    /// Largest text frame answered with `too_large`; frames over 1 MiB close with 1009.
+    #[arg(long, env = "ROOMCAST_MAX_FRAME_BYTES", default_value_t = Limits::default().max_frame_bytes)]
+    pub max_frame_bytes: usize,
+    /// Longest message text, in characters.
+    #[arg(long, env = "ROOMCAST_MAX_TEXT_CHARS", default_value_t = Limits::default().max_text_chars)]
+    pub max_text_chars: usize,
+    /// Bytes queued towards one client before it is closed with 4001 (slow consumer).
+    #[arg(long, env = "ROOMCAST_SEND_QUEUE_BYTES", default_value_t = Limits::default().send_queue_bytes)]
+    pub send_queue_bytes: usize,
+    /// HS256 secret (at least 32 bytes) that client JWTs are signed with.
+    #[arg(long, env = "ROOMCAST_AUTH_JWT_SECRET", hide_env_values = true, conflicts_with = "auth_jwt_public_key")]
+    pub auth_jwt_secret: Option<String>,
+    /// PEM file of the RSA public key that client JWTs (RS256) are signed for.
+    #[arg(long, env = "ROOMCAST_AUTH_JWT_PUBLIC_KEY")]
+    pub auth_jwt_public_key: Option<PathBuf>,
+    /// Refuse connections without a valid token; user names then come only from tokens.
+    #[arg(long, env = "ROOMCAST_AUTH_REQUIRED")]
+    pub auth_required: bool,
+    /// Browser origins allowed to connect, comma-separated (e.g. https://chat.example.com);
+    /// empty allows any. Clients that send no Origin (not browsers) are not affected.
+    #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// PEM certificate chain: serve HTTPS / WSS directly (for deployments without an Ingress).
+    #[arg(long, env = "ROOMCAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ROOMCAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The settings, checked and loaded.
+pub struct Edge {
+    pub limits: Limits,
+    pub access: Access,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl EdgeArgs {
+    pub fn load(&self) -> anyhow::Result<Edge> {
+        let limits = Limits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            frames_per_second: self.frames_per_second,
+            frame_burst: self.frame_burst,
+            max_rooms_per_connection: self.max_rooms_per_connection,
+            max_frame_bytes: self.max_frame_bytes,
+            max_text_chars: self.max_text_chars,
+            send_queue_bytes: self.send_queue_bytes,
+            ..Limits::default()
+        };
+        anyhow::ensure!(limits.frames_per_second > 0, "--frames-per-second must be at least 1");
+        anyhow::ensure!(
+            limits.max_frame_bytes <= limits.hard_frame_bytes,
+            "--max-frame-bytes must be at most {} (frames beyond that close the connection)",
+            limits.hard_frame_bytes
+        );
+        let auth = match (&self.auth_jwt_secret, &self.auth_jwt_public_key) {
+            (Some(secret), _) => Some(Auth::hs256(secret)?),
+            (None, Some(key)) => Some(Auth::rs256(key)?),
+            (None, None) => None,
+        };
+        anyhow::ensure!(
+            auth.is_some() || !self.auth_required,
+            "--auth-required needs --auth-jwt-secret or --auth-jwt-public-key to check tokens with"
+        );
+        let allowed_origins = self
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        let access = Access { auth, auth_required: self.auth_required, allowed_origins };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key).context("cannot set up TLS")?),
+            _ => None,
+        };
+        Ok(Edge { limits, access, tls })
+    }
+}
