@@ -4,27 +4,13 @@
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
 
-use support::{bin, free_port, wait_ready, Proc};
+use support::{bin, start_roomcast};
 
 #[test]
 fn loadgen_smoke_run_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (port, metrics) = (free_port(), free_port());
-    let _server = Proc::spawn(
-        "loadgen-smoke-roomcast",
-        &bin("roomcast"),
-        &[
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--metrics-listen".into(),
-            format!("127.0.0.1:{metrics}"),
-            "--data-dir".into(),
-            dir.path().display().to_string(),
-        ],
-    );
-    wait_ready(port, Duration::from_secs(30));
+    let (_server, port, _) = start_roomcast("loadgen-smoke-roomcast", dir.path(), &[]);
     for mode in ["ws", "socketio"] {
         let json = dir.path().join(format!("{mode}.json"));
         let status = Command::new(bin("loadgen"))

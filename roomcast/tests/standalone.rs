@@ -6,24 +6,11 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{bin, free_port, http_get, wait_ready, Client, Proc};
+use support::{http_get, start_roomcast, Client, Proc};
 use tokio_tungstenite::tungstenite::Message;
 
 fn start(dir: &std::path::Path, name: &str) -> (Proc, u16) {
-    let (port, metrics) = (free_port(), free_port());
-    let proc = Proc::spawn(
-        name,
-        &bin("roomcast"),
-        &[
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--metrics-listen".into(),
-            format!("127.0.0.1:{metrics}"),
-            "--data-dir".into(),
-            dir.display().to_string(),
-        ],
-    );
-    wait_ready(port, Duration::from_secs(30));
+    let (proc, port, _) = start_roomcast(name, dir, &[]);
     (proc, port)
 }
 

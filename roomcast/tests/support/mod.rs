@@ -325,6 +325,45 @@ impl Stack {
     }
 }
 
+/// A one-process `roomcast` on free ports with its store in `dir`; `extra` flags are
+/// appended. Returns (process, HTTP port, metrics port) once it is ready.
+pub fn start_roomcast(name: &str, dir: &Path, extra: &[&str]) -> (Proc, u16, u16) {
+    let (port, metrics) = (free_port(), free_port());
+    let mut args = vec![
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--metrics-listen".into(),
+        format!("127.0.0.1:{metrics}"),
+        "--data-dir".into(),
+        dir.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let proc = Proc::spawn(name, &bin("roomcast"), &args);
+    wait_ready(metrics, Duration::from_secs(30));
+    (proc, port, metrics)
+}
+
+/// A process's resident memory, from /proc (KiB).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc status")
+}
+
+/// One sample of a counter or gauge from a Prometheus /metrics page: the sum over every
+/// series whose name and labels start with `prefix` (e.g. `name{reason="x"`).
+pub fn metric(port: u16, prefix: &str) -> f64 {
+    let (_, body) = http_get(port, "/metrics").expect("GET /metrics");
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
 /// Blocks until GET /readyz answers 200.
 pub fn wait_ready(port: u16, limit: Duration) {
     let deadline = Instant::now() + limit;
@@ -362,9 +401,30 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 impl Client {
     pub async fn connect(base: &str, user: &str) -> Client {
-        let url = format!("{base}/ws?user={user}");
-        let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap_or_else(|err| panic!("connect {url}: {err}"));
-        Client { user: user.to_owned(), ws, frames: Vec::new() }
+        Client::connect_query(base, user, &format!("user={user}"))
+            .await
+            .unwrap_or_else(|err| panic!("connect {base} as {user}: {err}"))
+    }
+
+    /// Connects from the local address `source` (any of 127/8) to 127.0.0.1:`port`.
+    pub async fn connect_from(source: &str, port: u16, user: &str) -> Result<Client, String> {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(format!("{source}:0").parse().expect("source address")).expect("bind the source address");
+        let tcp = socket.connect(addr(port)).await.map_err(|err| err.to_string())?;
+        let url = format!("ws://127.0.0.1:{port}/ws?user={user}");
+        match tokio_tungstenite::client_async(&url, MaybeTlsStream::Plain(tcp)).await {
+            Ok((ws, _)) => Ok(Client { user: user.to_owned(), ws, frames: Vec::new() }),
+            Err(err) => Err(refusal(err)),
+        }
+    }
+
+    /// Connects to `/ws?{query}`; the error carries the refusal's HTTP status and body.
+    pub async fn connect_query(base: &str, name: &str, query: &str) -> Result<Client, String> {
+        let url = format!("{base}/ws?{query}");
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => Ok(Client { user: name.to_owned(), ws, frames: Vec::new() }),
+            Err(err) => Err(refusal(err)),
+        }
     }
 
     pub async fn send_json(&mut self, value: Value) {
@@ -485,6 +545,17 @@ impl Client {
 
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+}
+
+/// A refused upgrade as "STATUS body", or the error.
+fn refusal(err: tokio_tungstenite::tungstenite::Error) -> String {
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            format!("{} {}", response.status().as_u16(), body.trim())
+        }
+        err => err.to_string(),
     }
 }
 

@@ -1,0 +1,264 @@
+//! Who gets in and what they may do: JWT (HS256 and RS256) on `/ws`, the rooms claim,
+//! the origin allow-list, connection and rate limits, TLS, and stored text that is never
+//! interpreted by the store.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use support::{bin, metric, start_roomcast, Client, Stack};
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "test-secret-test-secret-test-secret";
+
+/// `roomcast token ...`, as a developer would run it.
+fn mint(args: &[&str]) -> String {
+    let out = Command::new(bin("roomcast")).arg("token").args(args).output().expect("run roomcast token");
+    assert!(out.status.success(), "roomcast token failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 token").trim().to_owned()
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let status = Command::new("openssl").args(args).current_dir(dir).status().expect("run openssl");
+    assert!(status.success(), "openssl {args:?} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_tokens_name_the_user_and_limit_the_rooms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_proc, port, metrics) = start_roomcast(
+        "auth-hs256",
+        dir.path(),
+        &["--auth-jwt-secret", SECRET, "--auth-required", "--allowed-origins", "https://chat.example"],
+    );
+    let base = format!("ws://127.0.0.1:{port}");
+
+    let refused = Client::connect_query(&base, "anon", "user=anon").await.err().expect("no token, no entry");
+    assert!(refused.starts_with("401 token_missing"), "{refused}");
+    let forged = mint(&["--user", "ada", "--secret", "another-secret-another-secret-xx"]);
+    let refused = Client::connect_query(&base, "forged", &format!("token={forged}")).await.err().expect("forged");
+    assert!(refused.starts_with("401 token_invalid"), "{refused}");
+    let expired = mint(&["--user", "ada", "--ttl", "1s", "--secret", SECRET]);
+    tokio::time::sleep(Duration::from_secs(7)).await; // past the 5 s leeway
+    let refused = Client::connect_query(&base, "late", &format!("token={expired}")).await.err().expect("expired");
+    assert!(refused.starts_with("401 token_expired"), "{refused}");
+    assert_eq!(metric(metrics, "roomcast_gateway_refused_connections_total{reason=\"token_missing\"}"), 1.0);
+    assert_eq!(metric(metrics, "roomcast_gateway_refused_connections_total{reason=\"token_invalid\"}"), 1.0);
+
+    // The token names the user; ?user= is ignored. The rooms claim limits join and history.
+    let token = mint(&["--user", "ada", "--rooms", "team-*,lobby", "--secret", SECRET]);
+    let mut ada = Client::connect_query(&base, "ada", &format!("user=mallory&token={token}")).await.expect("ada");
+    ada.join("team-red", None).await;
+    ada.send("team-red", "hello", "a1").await;
+    let message = ada.wait_for(|f| f["type"] == "message").await;
+    assert_eq!(message["user"], "ada", "the name comes from the token, not the query");
+    ada.send_json(json!({"type": "join", "room": "admin"})).await;
+    let error = ada.wait_for(|f| f["type"] == "error").await;
+    assert_eq!(error["code"], "forbidden_room", "{error}");
+    ada.frames.clear();
+    ada.send_json(json!({"type": "history", "room": "admin"})).await;
+    let error = ada.wait_for(|f| f["type"] == "error").await;
+    assert_eq!(error["code"], "forbidden_room", "{error}");
+
+    // A browser from another site is refused; one from the allowed origin is let in.
+    let mut request = http_request(port, &format!("/ws?token={token}"));
+    request.headers_mut().insert("Origin", "https://evil.example".parse().expect("header"));
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 403),
+        other => panic!("a foreign origin got in: {:?}", other.map(|_| ())),
+    }
+    let mut request = http_request(port, &format!("/ws?token={token}"));
+    request.headers_mut().insert("Origin", "https://chat.example".parse().expect("header"));
+    tokio_tungstenite::connect_async(request).await.expect("the allowed origin connects");
+}
+
+fn http_request(port: u16, path: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    format!("ws://127.0.0.1:{port}{path}").into_client_request().expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_tokens_verify_against_the_public_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "key.pem"], dir.path());
+    openssl(&["pkey", "-in", "key.pem", "-pubout", "-out", "pub.pem"], dir.path());
+    let public = dir.path().join("pub.pem").display().to_string();
+    let (_proc, port, _) =
+        start_roomcast("auth-rs256", &dir.path().join("data"), &["--auth-jwt-public-key", &public, "--auth-required"]);
+    let base = format!("ws://127.0.0.1:{port}");
+    let token = rs256_token(&dir.path().join("key.pem"), "grace");
+    let mut grace = Client::connect_query(&base, "grace", &format!("token={token}")).await.expect("RS256 token");
+    grace.join("lobby", None).await;
+    grace.send("lobby", "signed in", "g1").await;
+    assert_eq!(grace.wait_for(|f| f["type"] == "message").await["user"], "grace");
+    // An HS256 token is refused by an RS256 server, even one "signed" with the public key.
+    let hs = mint(&["--user", "grace", "--secret", SECRET]);
+    let refused = Client::connect_query(&base, "hs", &format!("token={hs}")).await.err().expect("wrong algorithm");
+    assert!(refused.starts_with("401 token_invalid"), "{refused}");
+}
+
+/// An RS256 JWT made with openssl alone, so the test does not share the server's code.
+fn rs256_token(key: &Path, user: &str) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 600;
+    let signing_input = format!(
+        "{}.{}",
+        b64(json!({"alg": "RS256", "typ": "JWT"}).to_string().as_bytes()),
+        b64(json!({"sub": user, "exp": exp}).to_string().as_bytes())
+    );
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl dgst");
+    use std::io::Write;
+    child.stdin.take().expect("stdin").write_all(signing_input.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("openssl output");
+    assert!(out.status.success(), "openssl dgst failed");
+    format!("{signing_input}.{}", b64(&out.stdout))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_and_rate_limits_refuse_with_their_own_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_proc, port, metrics) = start_roomcast(
+        "limits",
+        dir.path(),
+        &["--max-connections-per-ip", "3", "--max-connections", "5", "--frames-per-second", "5", "--frame-burst", "5"],
+    );
+    let mut held = Vec::new();
+    for n in 0..3 {
+        held.push(Client::connect_from("127.0.0.1", port, &format!("u{n}")).await.expect("under the per-IP limit"));
+    }
+    let refused = Client::connect_from("127.0.0.1", port, "u3").await.err().expect("4th from one address");
+    assert!(refused.starts_with("429 too_many_connections"), "{refused}");
+    // 127.0.0.2 is another client address (Linux routes all of 127/8 to loopback).
+    held.push(Client::connect_from("127.0.0.2", port, "v0").await.expect("another address"));
+    held.push(Client::connect_from("127.0.0.2", port, "v1").await.expect("another address"));
+    let refused = Client::connect_from("127.0.0.2", port, "v2").await.err().expect("6th on the gateway");
+    assert!(refused.starts_with("503 server_full"), "{refused}");
+    assert_eq!(metric(metrics, "roomcast_gateway_refused_connections_total{reason=\"server_full\"}"), 1.0);
+    // A closed connection gives its place back.
+    held.pop().expect("held").close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held.push(Client::connect_from("127.0.0.2", port, "v3").await.expect("the freed place"));
+
+    // 20 frames at once against 5/s with a burst of 5: some are refused, the connection lives.
+    let mut fast = held.remove(0);
+    for _ in 0..20 {
+        fast.send_json(json!({"type": "history", "room": "lobby"})).await;
+    }
+    let (mut answered, mut limited) = (0, 0);
+    while answered < 20 {
+        let frame = tokio::time::timeout(support::WAIT, fast.next_frame()).await.expect("an answer").expect("open");
+        if frame["type"] == "history" || frame["type"] == "error" {
+            answered += 1;
+            limited += usize::from(frame["code"] == "rate_limited");
+        }
+    }
+    assert!((10..=15).contains(&limited), "{limited} of 20 refused; 5 (burst) plus what 5/s refilled are allowed");
+    assert!(metric(metrics, "roomcast_gateway_bad_frames_total{kind=\"rate_limited\"}") >= limited as f64);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fast.join("lobby", None).await; // the bucket refilled: the connection carries on
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_wss_with_the_given_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ],
+        dir.path(),
+    );
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let (_proc, port, _) = start_roomcast(
+        "tls",
+        &dir.path().join("data"),
+        &["--tls-cert", &cert.display().to_string(), "--tls-key", &key.display().to_string()],
+    );
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    for c in tokio_rustls::rustls::pki_types::CertificateDer::pem_file_iter(&cert).expect("cert") {
+        roots.add(c.expect("cert")).expect("add root");
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("tcp");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake against the given certificate");
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://localhost:{port}/ws?user=tess"), tls)
+        .await
+        .expect("WebSocket over TLS");
+    ws.send(Message::Text(json!({"type": "join", "room": "secure"}).to_string().into())).await.expect("send");
+    let joined = ws.next().await.expect("frame").expect("read");
+    let joined: Value = serde_json::from_str(joined.to_text().expect("text")).expect("json");
+    assert_eq!(joined["type"], "joined");
+    // Plain HTTP on the TLS port gets no answer it could mistake for a page.
+    assert!(support::http_get(port, "/").map(|(status, _)| status != 200).unwrap_or(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_shaped_text_is_stored_verbatim() {
+    let stack = Stack::start("verbatim", 1);
+    let mut eve = Client::connect(&stack.ws_url(0), "eve").await;
+    eve.join("lobby", None).await;
+    let payloads = [
+        r#"{"$gt": ""}"#,
+        r#"{"$where": "sleep(1000)"}"#,
+        "$set",
+        r#"{"room": {"$ne": null}}"#,
+        "'; db.messages.drop(); //",
+        r#"{"$regex": ".*"}"#,
+    ];
+    for (n, text) in payloads.iter().enumerate() {
+        eve.send("lobby", text, &format!("p{n}")).await;
+    }
+    eve.wait_messages("lobby", payloads.len()).await;
+    use futures::TryStreamExt;
+    let client = stack.mongo.client().await;
+    let coll = client.database(&stack.database).collection::<mongodb::bson::Document>("messages");
+    let docs: Vec<mongodb::bson::Document> = coll
+        .find(mongodb::bson::doc! {"room": "lobby"})
+        .sort(mongodb::bson::doc! {"seq": 1})
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("collect");
+    let stored: Vec<&str> = docs.iter().map(|d| d.get_str("text").expect("text is a plain string")).collect();
+    assert_eq!(stored, payloads, "every payload is stored as the string it was, nothing evaluated");
+    // Nothing was dropped or widened: exactly these documents, all in their room.
+    assert_eq!(docs.len(), payloads.len());
+    assert_eq!(coll.count_documents(mongodb::bson::doc! {"room": {"$ne": "lobby"}}).await.expect("count"), 0);
+}
