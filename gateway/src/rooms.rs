@@ -141,6 +141,9 @@ struct RoomTask {
     archive: Arc<dyn Archive>,
     history_page: u32,
     max_recovery: usize,
+    /// Text bytes one join recovers at most: the `joined` frame must fit the member's
+    /// send queue, or recovering would close it as a slow consumer.
+    recovery_bytes: usize,
     commands: mpsc::WeakUnboundedSender<Command>,
     members: HashMap<MemberId, Member>,
     /// Every seq up to here is delivered (or sealed); `None` until the first load.
@@ -165,6 +168,7 @@ impl RoomTask {
             archive,
             history_page: limits.history_page,
             max_recovery: limits.max_recovery,
+            recovery_bytes: limits.send_queue_bytes / 2,
             commands,
             members: HashMap::new(),
             cursor: None,
@@ -234,12 +238,12 @@ impl RoomTask {
 
     fn load(&self, member: MemberId, since: Option<u64>, delay: Duration) {
         let (archive, room) = (self.archive.clone(), self.room.clone());
-        let (page, cap) = (self.history_page, self.max_recovery);
+        let (page, cap, bytes) = (self.history_page, self.max_recovery, self.recovery_bytes);
         self.spawn(delay, async move {
             let result = async {
                 let high = archive.max_seq(&room).await?;
                 match since {
-                    Some(after) => read_after(archive.as_ref(), &room, after, high, cap).await,
+                    Some(after) => read_after(archive.as_ref(), &room, after, high, cap, bytes).await,
                     None => {
                         let query = HistoryQuery { room: room.clone(), before: None, after: None, limit: page };
                         Ok(Page { messages: archive.history(query).await?, high, truncated: false })
@@ -379,13 +383,21 @@ impl RoomTask {
         let Some(cursor) = self.cursor else { return };
         let (archive, room, cap) = (self.archive.clone(), self.room.clone(), self.max_recovery);
         self.spawn(delay, async move {
-            Command::Fill { result: read_after(archive.as_ref(), &room, cursor, 0, cap).await }
+            Command::Fill { result: read_after(archive.as_ref(), &room, cursor, 0, cap, usize::MAX).await }
         });
     }
 }
 
-/// Reads everything after `after`, page by page, up to `cap` messages.
-async fn read_after(archive: &dyn Archive, room: &str, after: u64, high: u64, cap: usize) -> Result<Page, StoreError> {
+/// Reads everything after `after`, page by page, up to `cap` messages and `max_bytes` of
+/// text (at least one message); `truncated` says there is more.
+async fn read_after(
+    archive: &dyn Archive,
+    room: &str,
+    after: u64,
+    high: u64,
+    cap: usize,
+    max_bytes: usize,
+) -> Result<Page, StoreError> {
     let mut messages: Vec<ChatMessage> = Vec::new();
     let mut from = after;
     loop {
@@ -396,6 +408,14 @@ async fn read_after(archive: &dyn Archive, room: &str, after: u64, high: u64, ca
             from = last.seq;
         }
         messages.extend(page);
+        let mut bytes = 0;
+        if let Some(over) = messages.iter().position(|m| {
+            bytes += m.text.len() + m.user.len() + 64;
+            bytes > max_bytes
+        }) {
+            messages.truncate(over.max(1));
+            return Ok(Page { messages, high, truncated: true });
+        }
         if !full {
             return Ok(Page { messages, high, truncated: false });
         }
