@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # README's test command. Installs what the tests need (redis-server, SecantusDB,
-# Prometheus, the deploy and dashboard checkers), builds every binary, and runs every
-# suite. The tests start their own Redis, MongoDB-wire and Prometheus servers on free
-# loopback ports and stop them when done; a missing service fails the run, it is never
-# skipped.
+# Prometheus, the deploy and dashboard checkers, cargo-deny), builds every binary, and
+# runs every suite. The tests start their own Redis, MongoDB-wire and Prometheus servers
+# on free loopback ports and stop them when done; a missing service fails the run, it is
+# never skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,8 @@ echo "== dashboards and alert rules (also installs prometheus for the live test)
 bash scripts/check-dashboards.sh
 echo "== deploy/ and terraform/ (offline checks)"
 bash scripts/check-deploy.sh
+echo "== cargo deny (licenses, bans, sources; offline)"
+bash scripts/check-deny.sh
 echo "== build"
 cargo build --workspace --bins --locked
 echo "== cargo test"
