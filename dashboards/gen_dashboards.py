@@ -301,6 +301,18 @@ def build_info_stat(b: Board, w: int = 8) -> None:
                steps=[("blue", None)]), w=w, h=4)
 
 
+# --------------------------------------------------------------------------- shared descriptions
+BAD_FRAMES_DESC = ("Client frames (Socket.IO events) the gateway refused, by kind. Malformed: invalid_json, unknown_type, "
+                   "invalid_field, binary. Limit refusals: too_large (over ROOMCAST_MAX_FRAME_BYTES or ROOMCAST_MAX_TEXT_CHARS), "
+                   "rate_limited (over ROOMCAST_FRAMES_PER_SECOND, burst ROOMCAST_FRAME_BURST), too_many_rooms "
+                   "(ROOMCAST_MAX_ROOMS_PER_CONNECTION), overloaded (too many sends waiting for their acks), "
+                   "forbidden_room (the client's token does not grant the room).")
+REFUSED_DESC = ("roomcast_gateway_refused_connections_total: connections refused before any room was touched, by reason. "
+                "origin_not_allowed (ROOMCAST_ALLOWED_ORIGINS), token_missing / token_invalid / token_expired (JWT), "
+                "server_full (the gateway holds ROOMCAST_MAX_CONNECTIONS), too_many_connections "
+                "(one client address over ROOMCAST_MAX_CONNECTIONS_PER_IP).")
+
+
 # --------------------------------------------------------------------------- overview
 def overview() -> dict:
     b = Board()
@@ -322,12 +334,14 @@ def overview() -> dict:
 
     b.row("1. Client send (gateway ingress)")
     b.add(timeseries("Client sends by result", "roomcast_gateway_messages_sent_total: acked = the send was sequenced and published; error = the client got an error.",
-                     [(srate("roomcast_gateway_messages_sent_total", "result"), "{{result}}")], unit="reqps", stack=True))
+                     [(srate("roomcast_gateway_messages_sent_total", "result"), "{{result}}")], unit="reqps", stack=True), w=6)
     b.add(timeseries("Send error ratio", "Share of client sends answered with an error.",
                      [(ratio(srate("roomcast_gateway_messages_sent_total", extra='result="error"'),
-                             srate("roomcast_gateway_messages_sent_total")), "error ratio")], unit="percentunit"))
-    b.add(timeseries("Bad frames by kind", "Frames rejected by the gateway (invalid JSON, unknown type, too large, invalid field, binary).",
-                     [(srate("roomcast_gateway_bad_frames_total", "kind"), "{{kind}}")], unit="reqps", stack=True))
+                             srate("roomcast_gateway_messages_sent_total")), "error ratio")], unit="percentunit"), w=6)
+    b.add(timeseries("Bad frames by kind (incl. limit refusals)", BAD_FRAMES_DESC,
+                     [(srate("roomcast_gateway_bad_frames_total", "kind"), "{{kind}}")], unit="reqps", stack=True), w=6)
+    b.add(timeseries("Refused connections by reason", REFUSED_DESC,
+                     [(srate("roomcast_gateway_refused_connections_total", "reason"), "{{reason}}")], unit="reqps", stack=True), w=6)
 
     b.row("2. Publish (gateway -> fanout -> Redis)")
     b.add(timeseries("Fanout publishes by result", "Publishes to Redis by the fanout tier.",
@@ -385,10 +399,12 @@ def gateway() -> dict:
                      [(srate("roomcast_gateway_connects_total", "protocol"), "{{protocol}}")], unit="reqps"))
     b.add(timeseries("Disconnects by reason", "client_close, error, slow_consumer, drain, protocol_error, limit.",
                      [(srate("roomcast_gateway_disconnects_total", "reason"), "{{reason}}")], unit="reqps", stack=True))
+    b.add(timeseries("Refused connections by reason", REFUSED_DESC,
+                     [(srate("roomcast_gateway_refused_connections_total", "reason"), "{{reason}}")], unit="reqps", stack=True))
     b.add(timeseries("Ready", "roomcast_gateway_ready per pod (1 = /readyz answers 200).",
-                     [(f"max by (pod) ({sel('roomcast_gateway_ready')})", "{{pod}}")]), w=12)
+                     [(f"max by (pod) ({sel('roomcast_gateway_ready')})", "{{pod}}")]))
     b.add(timeseries("Rooms with local members", "roomcast_gateway_rooms per pod.",
-                     [(f"sum by (pod) ({sel('roomcast_gateway_rooms')})", "{{pod}}")]), w=12)
+                     [(f"sum by (pod) ({sel('roomcast_gateway_rooms')})", "{{pod}}")]))
 
     b.row("Frames and messages")
     b.add(timeseries("Frames in / out", "WebSocket/Socket.IO frames received from and sent to clients.",
@@ -396,7 +412,7 @@ def gateway() -> dict:
                       (srate("roomcast_gateway_frames_sent_total", "protocol"), "out {{protocol}}")], unit="reqps"))
     b.add(timeseries("Client sends by result", "acked or error.",
                      [(srate("roomcast_gateway_messages_sent_total", "result"), "{{result}}")], unit="reqps", stack=True))
-    b.add(timeseries("Bad frames by kind", "Frames the gateway rejected.",
+    b.add(timeseries("Bad frames by kind (incl. limit refusals)", BAD_FRAMES_DESC,
                      [(srate("roomcast_gateway_bad_frames_total", "kind"), "{{kind}}")], unit="reqps", stack=True))
 
     b.row("Delivery")
