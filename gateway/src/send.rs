@@ -9,6 +9,9 @@ use crate::Core;
 
 /// Attempts at a free seq: each conflict re-seeds the broker's counter from the store.
 const ATTEMPTS: usize = 5;
+/// Every send is answered (ack or error) within this long of being received, however
+/// many wait ahead of it on its connection (docs/RELIABILITY.md).
+pub const SEND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -46,15 +49,22 @@ impl From<fanout::BrokerError> for SendError {
 }
 
 impl Core {
-    /// Stores and publishes one message; returns it as stored (for a repeated
-    /// `client_id`, the first copy).
+    /// Stores and publishes one message received at `received`; returns it as stored
+    /// (for a repeated `client_id`, the first copy), or `Timeout` at the deadline.
     pub(crate) async fn send(
         &self,
+        received: tokio::time::Instant,
         user: &str,
         room: &str,
         text: &str,
         client_id: &str,
     ) -> Result<ChatMessage, SendError> {
+        tokio::time::timeout_at(received + SEND_DEADLINE, self.try_send(user, room, text, client_id))
+            .await
+            .unwrap_or(Err(SendError::Timeout))
+    }
+
+    async fn try_send(&self, user: &str, room: &str, text: &str, client_id: &str) -> Result<ChatMessage, SendError> {
         let id = ulid::Ulid::new().to_string();
         let ts = now_millis();
         for _ in 0..ATTEMPTS {

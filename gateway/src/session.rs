@@ -31,6 +31,7 @@ pub const TOO_BIG: u16 = 1009;
 const SEND_QUEUE: usize = 32;
 
 struct SendJob {
+    received: tokio::time::Instant,
     room: String,
     text: String,
     client_id: String,
@@ -162,7 +163,7 @@ impl Session {
                     Sender { jobs, task }
                 });
                 if let Err(mpsc::error::TrySendError::Full(job)) =
-                    sender.jobs.try_send(SendJob { room, text, client_id })
+                    sender.jobs.try_send(SendJob { received: tokio::time::Instant::now(), room, text, client_id })
                 {
                     let refusal = Refusal::new(
                         "overloaded",
@@ -232,7 +233,7 @@ pub(crate) fn forbidden(room: &str) -> Refusal {
 
 async fn send_loop(core: Arc<Core>, user: String, outbox: Outbox, mut jobs: mpsc::Receiver<SendJob>) {
     while let Some(job) = jobs.recv().await {
-        let reply = match core.send(&user, &job.room, &job.text, &job.client_id).await {
+        let reply = match core.send(job.received, &user, &job.room, &job.text, &job.client_id).await {
             Ok(stored) => {
                 metrics::counter!("roomcast_gateway_messages_sent_total", "result" => "acked").increment(1);
                 ServerFrame::Ack {

@@ -108,6 +108,7 @@ enum Style {
 }
 
 struct SendJob {
+    received: tokio::time::Instant,
     room: String,
     user: String,
     text: String,
@@ -424,7 +425,7 @@ fn queue_send(conn: &Conn, room: String, user: String, text: String, client_id: 
         return ack_error(ack, refusal, Some(&client_id));
     }
     if let Err(mpsc::error::TrySendError::Full(job)) =
-        conn.sends.try_send(SendJob { room, user, text, client_id, ack, style })
+        conn.sends.try_send(SendJob { received: tokio::time::Instant::now(), room, user, text, client_id, ack, style })
     {
         let refusal = Refusal::new(
             "overloaded",
@@ -437,7 +438,7 @@ fn queue_send(conn: &Conn, room: String, user: String, text: String, client_id: 
 
 async fn send_loop(core: Arc<Core>, socket: SocketRef, mut jobs: mpsc::Receiver<SendJob>) {
     while let Some(job) = jobs.recv().await {
-        match core.send(&job.user, &job.room, &job.text, &job.client_id).await {
+        match core.send(job.received, &job.user, &job.room, &job.text, &job.client_id).await {
             Ok(stored) => {
                 metrics::counter!("roomcast_gateway_messages_sent_total", "result" => "acked").increment(1);
                 let _ = job.ack.send(&json!({"client_id": job.client_id, "room": job.room, "seq": stored.seq, "id": stored.id, "ts": stored.ts}));

@@ -224,6 +224,11 @@ pub struct Stack {
 
 impl Stack {
     pub fn start(test: &str, gateways: usize) -> Stack {
+        Stack::start_with(test, gateways, &[])
+    }
+
+    /// As [`Stack::start`], with extra flags for the persister.
+    pub fn start_with(test: &str, gateways: usize, persister_args: &[&str]) -> Stack {
         let redis = Redis::start(&format!("{test}-redis"));
         let mongo = Mongo::start(&format!("{test}-mongo"));
         let database = format!("roomcast_{test}");
@@ -243,7 +248,10 @@ impl Stack {
                 mongo.uri(),
                 "--database".into(),
                 database.clone(),
-            ],
+            ]
+            .into_iter()
+            .chain(persister_args.iter().map(|a| a.to_string()))
+            .collect::<Vec<String>>(),
         );
         let mut stack = Stack {
             redis,
