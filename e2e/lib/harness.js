@@ -118,6 +118,9 @@ class Proc {
   /** SIGTERM, then SIGKILL if it is still there after `graceMs`. */
   async stop(graceMs = 5000) {
     if (this.exited) return this.exited;
+    // Held while waiting: with the child unref'd (see the constructor) and nothing else
+    // pending, node would otherwise end the test file before the 'exit' event arrives.
+    this.child.ref();
     try { this.child.kill('SIGTERM'); } catch (_) { /* gone */ }
     let timer;
     const killed = new Promise((resolve) => {
@@ -219,10 +222,11 @@ async function stopAll(procs, dirs) {
 // ------------------------------------------------------------------ what the tests start
 
 /**
- * The one-process server: `roomcast --listen --metrics-listen --data-dir TMP`.
- * Returns { url, port, stop() }.
+ * The one-process server: `roomcast --listen --metrics-listen --data-dir TMP`, followed by
+ * `extraArgs` (e.g. `['--auth-required', ...]`).
+ * Returns { url, port, metricsPort, stop() }.
  */
-async function startStandalone(name) {
+async function startStandalone(name, extraArgs = []) {
   const program = bin('roomcast');
   const dir = tempDir(name);
   const procs = [];
@@ -233,12 +237,14 @@ async function startStandalone(name) {
       '--metrics-listen', `127.0.0.1:${metrics}`,
       '--data-dir', dir,
       '--drain-seconds', '1',
+      ...extraArgs,
     ]);
     procs.push(proc);
     await waitReady(proc, port);
     return {
       url: `http://127.0.0.1:${port}`,
       port,
+      metricsPort: metrics,
       procs,
       stop: () => stopAll(procs, [dir]),
     };
@@ -348,5 +354,5 @@ if (require.main === module && process.argv[2] === 'check') {
 
 module.exports = {
   ROOT, OUT_DIR, LOG_DIR, PAGE_FILE,
-  startStandalone, startStack, servesPageFile, freePort, httpGet, sleep,
+  startStandalone, startStack, servesPageFile, freePort, httpGet, sleep, bin,
 };
