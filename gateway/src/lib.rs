@@ -77,16 +77,16 @@ impl Core {
     }
 
     fn connection_opened(&self, protocol: &'static str) {
-        let open = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        self.connections.fetch_add(1, Ordering::Relaxed);
         ::metrics::counter!("roomcast_gateway_connects_total", "protocol" => protocol).increment(1);
-        ::metrics::gauge!("roomcast_gateway_connections", "protocol" => protocol).set(open as f64);
+        ::metrics::gauge!("roomcast_gateway_connections", "protocol" => protocol).increment(1.0);
     }
 
     fn connection_closed(&self, protocol: &'static str, reason: &'static str) {
-        let open = self.connections.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.connections.fetch_sub(1, Ordering::Relaxed);
         ::metrics::counter!("roomcast_gateway_disconnects_total", "protocol" => protocol, "reason" => reason)
             .increment(1);
-        ::metrics::gauge!("roomcast_gateway_connections", "protocol" => protocol).set(open as f64);
+        ::metrics::gauge!("roomcast_gateway_connections", "protocol" => protocol).decrement(1.0);
     }
 }
 

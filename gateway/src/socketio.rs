@@ -91,11 +91,9 @@ impl Conn {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The refusal for an event over the connection's rate, counted.
+    /// The refusal for an event over the connection's rate.
     fn over_rate(&self) -> Option<Refusal> {
-        let refusal = self.limiter.check().err().map(|_| self.core.limits.rate_refusal())?;
-        metrics::counter!("roomcast_gateway_bad_frames_total", "kind" => refusal.kind).increment(1);
-        Some(refusal)
+        self.limiter.check().err().map(|_| self.core.limits.rate_refusal())
     }
 }
 
@@ -138,164 +136,181 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
     core.connection_opened(PROTOCOL);
 
     let c = conn.clone();
-    socket.on("join_room", async move |s: SocketRef, Data(JoinRoomArgs(room, previous)): Data<JoinRoomArgs>| {
-        if let Some(refusal) = c.over_rate() {
-            return emit_error(&s, refusal, None);
-        }
-        if let Some(previous) = previous.filter(|p| c.rooms().get(p).is_some()) {
-            leave(&c, &previous);
-        }
-        match room {
-            Some(room) => join(&c, &s, room, None, Style::Original, None),
-            None => emit_error(
-                &s,
-                Refusal::new("bad_request", "invalid_field", "join_room(roomId, previousRoomId?) needs a roomId"),
-                None,
-            ),
-        }
-    });
-    let c = conn.clone();
-    socket.on("send_message", async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
-        if let Some(refusal) = c.over_rate() {
-            return emit_error(&s, refusal, None);
-        }
-        let payload: Result<OriginalSend, _> = serde_json::from_value(args);
-        let Ok(payload) = payload else {
-            return emit_error(
-                &s,
-                Refusal::new("bad_request", "invalid_field", "send_message needs {roomId, message, username}"),
-                None,
-            );
-        };
-        // With a token, the name is the token's, whatever the payload says.
-        let username = match (&c.user, c.authenticated) {
-            (Some(user), true) => user.clone(),
-            _ => payload.username,
-        };
-        let n = c.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // The socket id marks the sender's own messages, which `room_message` skips.
-        let client_id = format!("sio:{}:{n}", s.id);
-        queue_send(&c, payload.room_id, username, payload.message, client_id, ack, Style::Original);
-    });
-    let c = conn.clone();
-    socket.on("create_room", async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
-        if let Some(refusal) = c.over_rate() {
-            return emit_error(&s, refusal, None);
-        }
-        let payload: Result<CreateRoom, _> = serde_json::from_value(args);
-        let Ok(payload) = payload else {
-            return emit_error(
-                &s,
-                Refusal::new("bad_request", "invalid_field", "create_room needs {roomName, roomId}"),
-                None,
-            );
-        };
-        let name = payload.room_name.trim().to_owned();
-        if let Err(refusal) = c.core.limits.check_room(&payload.room_id) {
-            return emit_error(&s, refusal, None);
-        }
-        if name.is_empty() || name.chars().count() > c.core.limits.max_room_chars {
-            let refusal = Refusal::new(
-                "bad_request",
-                "invalid_field",
-                format!("roomName must be 1 to {} characters", c.core.limits.max_room_chars),
-            );
-            return emit_error(&s, refusal, None);
-        }
-        let entry = json!({"roomId": payload.room_id, "roomName": name}).to_string();
-        let client_id = format!("create:{}", payload.room_id);
-        queue_send(&c, DIRECTORY.to_owned(), "system".to_owned(), entry, client_id, ack, Style::Original);
-    });
-    let c = conn.clone();
-    socket.on("join", async move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
-        if let Some(refusal) = c.over_rate() {
-            return ack_error(ack, refusal, None);
-        }
-        match serde_json::from_value::<JoinArgs>(args) {
-            Ok(JoinArgs { room, since }) => join(&c, &s, room, since, Style::Roomcast, Some(ack)),
-            Err(err) => ack_error(
-                ack,
-                Refusal::new("bad_request", "invalid_field", format!("join needs {{room, since?}}: {err}")),
-                None,
-            ),
-        }
-    });
-    let c = conn.clone();
-    socket.on("leave", async move |Data(args): Data<Value>, ack: AckSender| {
-        if let Some(refusal) = c.over_rate() {
-            return ack_error(ack, refusal, None);
-        }
-        let room = args.get("room").and_then(Value::as_str).unwrap_or_default().to_owned();
-        leave(&c, &room);
-        let _ = ack.send(&json!({"room": room}));
-    });
-    let c = conn.clone();
-    socket.on("send", async move |Data(args): Data<Value>, ack: AckSender| {
-        if let Some(refusal) = c.over_rate() {
-            return ack_error(ack, refusal, None);
-        }
-        let args: SendArgs = match serde_json::from_value(args) {
-            Ok(args) => args,
-            Err(err) => {
-                return ack_error(
-                    ack,
-                    Refusal::new(
-                        "bad_request",
-                        "invalid_field",
-                        format!("send needs {{room, text, client_id?}}: {err}"),
-                    ),
-                    None,
-                )
+    socket.on("join_room", move |s: SocketRef, Data(JoinRoomArgs(room, previous)): Data<JoinRoomArgs>| {
+        inline(move || {
+            if let Some(refusal) = c.over_rate() {
+                return emit_error(&s, refusal, None);
             }
-        };
-        let client_id = args.client_id.unwrap_or_else(|| ulid::Ulid::new().to_string());
-        let Some(user) = c.user.clone() else {
-            let refusal =
-                Refusal::new("invalid_user", "invalid_field", "connect with auth {user: NAME} (or ?user=NAME) to send");
-            return ack_error(ack, refusal, Some(&client_id));
-        };
-        if !c.rooms().contains_key(&args.room) {
-            let refusal =
-                Refusal::new("not_joined", "invalid_field", format!("join room {} before sending to it", args.room));
-            return ack_error(ack, refusal, Some(&client_id));
-        }
-        queue_send(&c, args.room, user, args.text, client_id, ack, Style::Roomcast);
+            if let Some(previous) = previous.filter(|p| c.rooms().get(p).is_some()) {
+                leave(&c, &previous);
+            }
+            match room {
+                Some(room) => join(&c, &s, room, None, Style::Original, None),
+                None => emit_error(
+                    &s,
+                    Refusal::new("bad_request", "invalid_field", "join_room(roomId, previousRoomId?) needs a roomId"),
+                    None,
+                ),
+            }
+        })
     });
     let c = conn.clone();
-    socket.on("history", async move |Data(args): Data<Value>, ack: AckSender| {
-        if let Some(refusal) = c.over_rate() {
-            return ack_error(ack, refusal, None);
-        }
-        let args: HistoryArgs = match serde_json::from_value(args) {
-            Ok(args) => args,
-            Err(err) => {
-                return ack_error(
-                    ack,
-                    Refusal::new(
-                        "bad_request",
-                        "invalid_field",
-                        format!("history needs {{room, before?, limit?}}: {err}"),
-                    ),
-                    None,
-                )
+    socket.on("send_message", move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
+        inline(move || {
+            if let Some(refusal) = c.over_rate() {
+                return refuse_original(&s, ack, refusal);
             }
-        };
-        if let Err(refusal) = c.core.limits.check_room(&args.room) {
-            return ack_error(ack, refusal, None);
-        }
-        if !c.grant.allows(&args.room) {
-            return ack_error(ack, forbidden(&args.room), None);
-        }
-        let archive = c.core.archive.clone();
-        let limit = args.limit.unwrap_or(c.core.limits.history_page);
-        tokio::spawn(async move {
-            let query = HistoryQuery { room: args.room.clone(), before: args.before, after: None, limit };
-            let reply = match archive.history(query).await {
-                Ok(page) => json!({"room": args.room, "messages": visible(&page)}),
-                Err(err) => json!({"error": {"code": "unavailable", "message": format!("cannot read history: {err}")}}),
+            let payload: Result<OriginalSend, _> = serde_json::from_value(args);
+            let Ok(payload) = payload else {
+                let refusal =
+                    Refusal::new("bad_request", "invalid_field", "send_message needs {roomId, message, username}");
+                return refuse_original(&s, ack, refusal);
             };
-            let _ = ack.send(&reply);
-        });
+            // With a token, the name is the token's, whatever the payload says.
+            let username = match (&c.user, c.authenticated) {
+                (Some(user), true) => user.clone(),
+                _ => payload.username,
+            };
+            let n = c.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // The socket id marks the sender's own messages, which `room_message` skips.
+            let client_id = format!("sio:{}:{n}", s.id);
+            queue_send(&c, payload.room_id, username, payload.message, client_id, ack, Style::Original);
+        })
+    });
+    let c = conn.clone();
+    socket.on("create_room", move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
+        inline(move || {
+            if let Some(refusal) = c.over_rate() {
+                return refuse_original(&s, ack, refusal);
+            }
+            let payload: Result<CreateRoom, _> = serde_json::from_value(args);
+            let Ok(payload) = payload else {
+                let refusal = Refusal::new("bad_request", "invalid_field", "create_room needs {roomName, roomId}");
+                return refuse_original(&s, ack, refusal);
+            };
+            let name = payload.room_name.trim().to_owned();
+            if let Err(refusal) = c.core.limits.check_room(&payload.room_id) {
+                return refuse_original(&s, ack, refusal);
+            }
+            if name.is_empty() || name.chars().count() > c.core.limits.max_room_chars {
+                let refusal = Refusal::new(
+                    "bad_request",
+                    "invalid_field",
+                    format!("roomName must be 1 to {} characters", c.core.limits.max_room_chars),
+                );
+                return refuse_original(&s, ack, refusal);
+            }
+            let entry = json!({"roomId": payload.room_id, "roomName": name}).to_string();
+            let client_id = format!("create:{}", payload.room_id);
+            queue_send(&c, DIRECTORY.to_owned(), "system".to_owned(), entry, client_id, ack, Style::Original);
+        })
+    });
+    let c = conn.clone();
+    socket.on("join", move |s: SocketRef, Data(args): Data<Value>, ack: AckSender| {
+        inline(move || {
+            if let Some(refusal) = c.over_rate() {
+                return ack_error(ack, refusal, None);
+            }
+            match serde_json::from_value::<JoinArgs>(args) {
+                Ok(JoinArgs { room, since }) => join(&c, &s, room, since, Style::Roomcast, Some(ack)),
+                Err(err) => ack_error(
+                    ack,
+                    Refusal::new("bad_request", "invalid_field", format!("join needs {{room, since?}}: {err}")),
+                    None,
+                ),
+            }
+        })
+    });
+    let c = conn.clone();
+    socket.on("leave", move |Data(args): Data<Value>, ack: AckSender| {
+        inline(move || {
+            if let Some(refusal) = c.over_rate() {
+                return ack_error(ack, refusal, None);
+            }
+            let room = args.get("room").and_then(Value::as_str).unwrap_or_default().to_owned();
+            leave(&c, &room);
+            let _ = ack.send(&json!({"room": room}));
+        })
+    });
+    let c = conn.clone();
+    socket.on("send", move |Data(args): Data<Value>, ack: AckSender| {
+        inline(move || {
+            if let Some(refusal) = c.over_rate() {
+                return ack_error(ack, refusal, None);
+            }
+            let args: SendArgs = match serde_json::from_value(args) {
+                Ok(args) => args,
+                Err(err) => {
+                    return ack_error(
+                        ack,
+                        Refusal::new(
+                            "bad_request",
+                            "invalid_field",
+                            format!("send needs {{room, text, client_id?}}: {err}"),
+                        ),
+                        None,
+                    )
+                }
+            };
+            let client_id = args.client_id.unwrap_or_else(|| ulid::Ulid::new().to_string());
+            let Some(user) = c.user.clone() else {
+                let refusal = Refusal::new(
+                    "invalid_user",
+                    "invalid_field",
+                    "connect with auth {user: NAME} (or ?user=NAME) to send",
+                );
+                return ack_error(ack, refusal, Some(&client_id));
+            };
+            if !c.rooms().contains_key(&args.room) {
+                let refusal = Refusal::new(
+                    "not_joined",
+                    "invalid_field",
+                    format!("join room {} before sending to it", args.room),
+                );
+                return ack_error(ack, refusal, Some(&client_id));
+            }
+            queue_send(&c, args.room, user, args.text, client_id, ack, Style::Roomcast);
+        })
+    });
+    let c = conn.clone();
+    socket.on("history", move |Data(args): Data<Value>, ack: AckSender| {
+        inline(move || {
+            if let Some(refusal) = c.over_rate() {
+                return ack_error(ack, refusal, None);
+            }
+            let args: HistoryArgs = match serde_json::from_value(args) {
+                Ok(args) => args,
+                Err(err) => {
+                    return ack_error(
+                        ack,
+                        Refusal::new(
+                            "bad_request",
+                            "invalid_field",
+                            format!("history needs {{room, before?, limit?}}: {err}"),
+                        ),
+                        None,
+                    )
+                }
+            };
+            if let Err(refusal) = c.core.limits.check_room(&args.room) {
+                return ack_error(ack, refusal, None);
+            }
+            if !c.grant.allows(&args.room) {
+                return ack_error(ack, forbidden(&args.room), None);
+            }
+            let archive = c.core.archive.clone();
+            let limit = args.limit.unwrap_or(c.core.limits.history_page);
+            tokio::spawn(async move {
+                let query = HistoryQuery { room: args.room.clone(), before: args.before, after: None, limit };
+                let reply = match archive.history(query).await {
+                    Ok(page) => json!({"room": args.room, "messages": visible(&page)}),
+                    Err(err) => {
+                        json!({"error": {"code": "unavailable", "message": format!("cannot read history: {err}")}})
+                    }
+                };
+                let _ = ack.send(&reply);
+            });
+        })
     });
     socket.on_disconnect(async move |reason: DisconnectReason| {
         let rooms: Vec<String> = conn.rooms().drain().map(|(room, _)| room).collect();
@@ -310,6 +325,14 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
         conn.core.connection_closed(PROTOCOL, reason);
         conn.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
     });
+}
+
+/// Runs a handler's work now, in the order the events arrived: socketioxide spawns the
+/// future a handler returns, so async handlers of one socket may run in any order (and a
+/// client's quick sends could be stored out of order). This returns a ready one.
+fn inline(work: impl FnOnce()) -> std::future::Ready<()> {
+    work();
+    std::future::ready(())
 }
 
 fn query_param(socket: &SocketRef, name: &str) -> Option<String> {
@@ -460,6 +483,13 @@ async fn send_loop(core: Arc<Core>, socket: SocketRef, mut jobs: mpsc::Receiver<
 fn ack_error(ack: AckSender, refusal: Refusal, client_id: Option<&str>) {
     metrics::counter!("roomcast_gateway_bad_frames_total", "kind" => refusal.kind).increment(1);
     let _ = ack.send(&json!({"error": {"code": refusal.code, "message": refusal.message}, "client_id": client_id}));
+}
+
+/// A refused `send_message` or `create_room`: the original app's `error` event, and the
+/// same error as the ack for clients that asked for one.
+fn refuse_original(socket: &SocketRef, ack: AckSender, refusal: Refusal) {
+    let _ = ack.send(&json!({"error": {"code": refusal.code, "message": &refusal.message}}));
+    emit_error(socket, refusal, None);
 }
 
 fn emit_error(socket: &SocketRef, refusal: Refusal, room: Option<&str>) {
