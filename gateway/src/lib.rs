@@ -6,6 +6,8 @@
 mod admission;
 mod auth;
 mod config;
+#[cfg(test)]
+mod fuzz;
 mod http;
 mod limits;
 mod link;

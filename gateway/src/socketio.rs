@@ -342,7 +342,7 @@ fn query_param(socket: &SocketRef, name: &str) -> Option<String> {
 
 /// `join_room(roomId, previousRoomId?)`: one or two arguments. socketioxide hands a
 /// handler only the first argument unless the type deserializes as a tuple.
-struct JoinRoomArgs(Option<String>, Option<String>);
+pub(crate) struct JoinRoomArgs(pub(crate) Option<String>, pub(crate) Option<String>);
 
 impl<'de> Deserialize<'de> for JoinRoomArgs {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -364,7 +364,7 @@ impl<'de> Deserialize<'de> for JoinRoomArgs {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct OriginalSend {
+pub(crate) struct OriginalSend {
     room_id: String,
     message: String,
     username: String,
@@ -372,26 +372,26 @@ struct OriginalSend {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct CreateRoom {
+pub(crate) struct CreateRoom {
     room_name: String,
     room_id: String,
 }
 
 #[derive(Deserialize)]
-struct JoinArgs {
+pub(crate) struct JoinArgs {
     room: String,
     since: Option<u64>,
 }
 
 #[derive(Deserialize)]
-struct SendArgs {
+pub(crate) struct SendArgs {
     room: String,
     text: String,
     client_id: Option<String>,
 }
 
 #[derive(Deserialize)]
-struct HistoryArgs {
+pub(crate) struct HistoryArgs {
     room: String,
     before: Option<u64>,
     limit: Option<u32>,
@@ -498,7 +498,7 @@ fn emit_error(socket: &SocketRef, refusal: Refusal, room: Option<&str>) {
 }
 
 /// The original app's message shape, plus roomcast's seq, id and ts.
-fn original(msg: &ChatMessage) -> Value {
+pub(crate) fn original(msg: &ChatMessage) -> Value {
     let secs = msg.ts / 1000;
     let time = format!("{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60);
     json!({"message": msg.text, "username": msg.user, "time": time, "ts": msg.ts, "seq": msg.seq, "id": msg.id, "roomId": msg.room})
