@@ -21,6 +21,9 @@ BENCH_NAMES=()  # their names, same order
 BENCH_TMP=""    # scratch dir (stores, redis dirs), removed at exit
 RUN_DIR=""      # bench/results/<scenario>-<stamp>: raw JSON, logs, metrics
 GIVEN_PORTS=" "
+# loadgen opens every connection from 127.0.0.1: lift roomcast's per-address limit (default
+# 1,000), as behind a load balancer. Every other limit stays at its default.
+export ROOMCAST_MAX_CONNECTIONS_PER_IP=0
 BENCH_RUST_ENV=${BENCH_RUST_ENV:-}  # extra VAR=value words for the Rust services (e.g. a diagnostic LD_PRELOAD)
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
