@@ -258,6 +258,33 @@ test('tokens, rooms claims and origins (--auth-required)', async (t) => {
     // A refused room is not joined: sending to it is not_joined.
     const send = await ack(erin, 'send', { room: 'admin', text: 'x', client_id: 'e1' });
     assert.equal(send.error?.code, 'not_joined');
+    // The original send_message is held to the claim too, and needs a join_room first.
+    const original = await ack(erin, 'send_message', { roomId: 'admin', message: 'sneaky', username: 'erin' });
+    assert.equal(original.error?.code, 'forbidden_room', `send_message admin: ${JSON.stringify(original)}`);
+    const unjoined = await ack(erin, 'send_message', { roomId: 'team-blue', message: 'x', username: 'erin' });
+    assert.equal(unjoined.error?.code, 'not_joined', `send_message team-blue: ${JSON.stringify(unjoined)}`);
+    const page = await ack(erin, 'history', { room: 'admin' });
+    assert.equal(page.error?.code, 'forbidden_room', 'nothing reached admin');
+  });
+
+  await t.test('a token whose sub is not a usable name is refused, never replaced by a claimed one', async () => {
+    for (const claims of [{ sub: 'ann@example.com' }, { name: 'auth0|123' }, {}]) {
+      const token = sign({ ...claims, exp: nowSeconds() + 600 });
+      const bad = await refusal(server.url, { auth: { token, user: 'mallory' } }, sockets);
+      assert.match(bad.message, /^token_invalid: /, `${JSON.stringify(claims)}: ${bad.message}`);
+    }
+  });
+
+  await t.test('a Socket.IO message over --max-frame-bytes does not get through', async () => {
+    const hugo = await connect(server.url, { auth: { token: mint('hugo') } }, sockets);
+    await ack(hugo, 'join', { room: 'team-big' });
+    const closed = next(hugo, 'disconnect');
+    hugo.emit('send', { room: 'team-big', text: 'x'.repeat(64 * 1024), client_id: 'big' });
+    const [reason] = await closed;
+    assert.ok(reason, `the connection was closed (${reason})`);
+    const other = await connect(server.url, { auth: { token: mint('ivy') } }, sockets);
+    const page = await ack(other, 'history', { room: 'team-big' });
+    assert.deepEqual(page.messages, [], 'nothing was stored');
   });
 
   await t.test('an Origin outside --allowed-origins: connect_error origin_not_allowed', async () => {

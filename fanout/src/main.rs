@@ -19,8 +19,8 @@ struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "ROOMCAST_METRICS_LISTEN", default_value = "0.0.0.0:9091")]
     metrics_listen: SocketAddr,
-    /// Redis URL, e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS).
-    #[arg(long, env = "ROOMCAST_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    /// Redis URL, e.g. redis://:PASSWORD@127.0.0.1:6379/0 (this build has no TLS: no rediss://).
+    #[arg(long, env = "ROOMCAST_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     redis: String,
 }
 

@@ -123,8 +123,12 @@ impl Gateway {
         });
         tokio::spawn(link::keep_link(broker, rooms, interest_rx, core.broker_up.clone(), stopped.clone()));
         tokio::spawn(probe_store(core.clone(), stopped));
+        // The same frame limits as /ws, on both transports: max_payload covers
+        // long-polling, ws_max_* the WebSocket transport (whose default is 64 MiB).
         let (sio, io) = socketioxide::SocketIo::builder()
             .max_payload(core.limits.max_frame_bytes as u64)
+            .ws_max_message_size(core.limits.max_frame_bytes)
+            .ws_max_frame_size(core.limits.max_frame_bytes)
             .build_with_inner_svc(http::Router { core: core.clone() });
         socketio::install(&io, core.clone());
         let gateway = Self { core, sio, closed: watch::channel(false).0, stop };

@@ -140,6 +140,24 @@ impl ServerFrame<'_> {
     }
 }
 
+/// About how many bytes a message takes in a frame: its text and user, plus the rest.
+pub fn wire_size(m: &ChatMessage) -> usize {
+    m.text.len() + m.user.len() + 64
+}
+
+/// The newest messages of a page (oldest first) that fit `max_bytes`, at least one: a
+/// history reply must fit the client's send queue, or asking for it would close the
+/// client as a slow consumer. The client pages back with `before`.
+pub fn newest_within(page: &[ChatMessage], max_bytes: usize) -> &[ChatMessage] {
+    let mut bytes = 0;
+    let fits = page.iter().rev().take_while(|m| {
+        bytes += wire_size(m);
+        bytes <= max_bytes
+    });
+    let keep = fits.count().max(1).min(page.len());
+    &page[page.len() - keep..]
+}
+
 /// The visible messages of a page, oldest first.
 pub fn visible(messages: &[ChatMessage]) -> Vec<WireMessage<'_>> {
     messages.iter().filter(|m| !m.tombstone).map(WireMessage::from).collect()
@@ -148,6 +166,27 @@ pub fn visible(messages: &[ChatMessage]) -> Vec<WireMessage<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn msg(seq: u64, text: &str) -> ChatMessage {
+        ChatMessage {
+            room: "r".into(),
+            seq,
+            id: seq.to_string(),
+            user: "u".into(),
+            text: text.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_history_page_keeps_its_newest_messages_that_fit() {
+        let page: Vec<ChatMessage> = (1..=10).map(|n| msg(n, &"x".repeat(1000))).collect();
+        let seqs = |p: &[ChatMessage]| p.iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(newest_within(&page, 3 * 1065)), vec![8, 9, 10]);
+        assert_eq!(seqs(newest_within(&page, 10)), vec![10], "at least one");
+        assert_eq!(seqs(newest_within(&page, usize::MAX)).len(), 10);
+        assert!(newest_within(&[], 10).is_empty());
+    }
 
     #[test]
     fn decodes_the_documented_frames() {

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::limits::Limits;
 use crate::metrics::METRICS;
-use crate::protocol::{ServerFrame, WireMessage};
+use crate::protocol::{wire_size, ServerFrame, WireMessage};
 
 /// How long a missing seq may hold up later ones before the store is asked for it.
 const GAP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -410,7 +410,7 @@ async fn read_after(
         messages.extend(page);
         let mut bytes = 0;
         if let Some(over) = messages.iter().position(|m| {
-            bytes += m.text.len() + m.user.len() + 64;
+            bytes += wire_size(m);
             bytes > max_bytes
         }) {
             messages.truncate(over.max(1));

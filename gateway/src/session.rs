@@ -19,7 +19,7 @@ use crate::admission::{Admitted, Slot};
 use crate::auth::RoomGrant;
 use crate::metrics::METRICS;
 use crate::outbox::{outbox, Outbox, SLOW_CONSUMER};
-use crate::protocol::{decode, visible, ClientFrame, Refusal, ServerFrame};
+use crate::protocol::{decode, newest_within, visible, ClientFrame, Refusal, ServerFrame};
 use crate::rooms::MemberId;
 use crate::Core;
 
@@ -199,10 +199,13 @@ impl Session {
         let archive = self.core.archive.clone();
         let outbox = self.outbox.clone();
         let limit = limit.unwrap_or(self.core.limits.history_page);
+        let budget = self.core.limits.send_queue_bytes / 2;
         tokio::spawn(async move {
             let query = HistoryQuery { room: room.clone(), before, after: None, limit };
             let reply = match archive.history(query).await {
-                Ok(page) => ServerFrame::History { room: &room, messages: visible(&page) }.to_json(),
+                Ok(page) => {
+                    ServerFrame::History { room: &room, messages: visible(newest_within(&page, budget)) }.to_json()
+                }
                 Err(err) => {
                     let message = format!("cannot read history: {err}");
                     ServerFrame::Error { code: "unavailable", message: &message, client_id: None, room: Some(&room) }

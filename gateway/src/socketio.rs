@@ -25,7 +25,7 @@ use crate::admission::{Admitted, Offer, Rejection, Slot};
 use crate::auth::RoomGrant;
 use crate::http::PeerAddr;
 use crate::metrics::METRICS;
-use crate::protocol::{visible, Refusal, WireMessage};
+use crate::protocol::{newest_within, visible, Refusal, WireMessage};
 use crate::rooms::{MemberId, Sink};
 use crate::session::forbidden;
 use crate::Core;
@@ -66,7 +66,21 @@ fn admit(socket: &SocketRef, auth: &Value, core: &Core) -> Result<Admitted, Reje
         token: token.as_deref(),
         user: user.as_deref(),
     };
-    core.admission.admit(offer)
+    let admitted = core.admission.admit(offer)?;
+    // A token's name must be a valid user name: send_message would otherwise fall back
+    // to the name the client claims.
+    if admitted.authenticated {
+        if let Some(Err(refusal)) = admitted.user.as_deref().map(|u| core.limits.check_user(u)) {
+            return Err(Rejection::unauthorized(
+                "token_invalid",
+                format!("the token's sub is not a usable name: {}", refusal.message),
+            ));
+        }
+        if admitted.user.is_none() {
+            return Err(Rejection::unauthorized("token_invalid", "the token names no user (sub or name)"));
+        }
+    }
+    Ok(admitted)
 }
 
 /// One Socket.IO connection's state, kept in the socket's extensions.
@@ -166,6 +180,17 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
                     Refusal::new("bad_request", "invalid_field", "send_message needs {roomId, message, username}");
                 return refuse_original(&s, ack, refusal);
             };
+            if !c.grant.allows(&payload.room_id) {
+                return refuse_original(&s, ack, forbidden(&payload.room_id));
+            }
+            if !c.rooms().contains_key(&payload.room_id) {
+                let refusal = Refusal::new(
+                    "not_joined",
+                    "invalid_field",
+                    format!("join_room {} before sending to it", payload.room_id),
+                );
+                return refuse_original(&s, ack, refusal);
+            }
             // With a token, the name is the token's, whatever the payload says.
             let username = match (&c.user, c.authenticated) {
                 (Some(user), true) => user.clone(),
@@ -300,10 +325,11 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
             }
             let archive = c.core.archive.clone();
             let limit = args.limit.unwrap_or(c.core.limits.history_page);
+            let budget = c.core.limits.send_queue_bytes / 2;
             tokio::spawn(async move {
                 let query = HistoryQuery { room: args.room.clone(), before: args.before, after: None, limit };
                 let reply = match archive.history(query).await {
-                    Ok(page) => json!({"room": args.room, "messages": visible(&page)}),
+                    Ok(page) => json!({"room": args.room, "messages": visible(newest_within(&page, budget))}),
                     Err(err) => {
                         json!({"error": {"code": "unavailable", "message": format!("cannot read history: {err}")}})
                     }

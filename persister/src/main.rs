@@ -20,7 +20,7 @@ struct Args {
     #[arg(long, env = "ROOMCAST_METRICS_LISTEN", default_value = "0.0.0.0:9092")]
     metrics_listen: SocketAddr,
     /// MongoDB connection string.
-    #[arg(long, env = "ROOMCAST_MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
+    #[arg(long, env = "ROOMCAST_MONGODB_URI", default_value = "mongodb://127.0.0.1:27017", hide_env_values = true)]
     mongodb: String,
     /// Database holding the `messages` collection.
     #[arg(long, env = "ROOMCAST_MONGODB_DATABASE", default_value = "roomcast")]

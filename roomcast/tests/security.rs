@@ -262,3 +262,18 @@ async fn operator_shaped_text_is_stored_verbatim() {
     assert_eq!(docs.len(), payloads.len());
     assert_eq!(coll.count_documents(mongodb::bson::doc! {"room": {"$ne": "lobby"}}).await.expect("count"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_never_ends_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_proc, port, _) = start_roomcast("slowloris", dir.path(), &[]);
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    tcp.write_all(b"GET /ws?user=slow HTTP/1.1\r\nHost: x\r\n").await.expect("half a request");
+    // The server gives a request head 10 s; it closes (or answers 408) rather than wait.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the half-sent request still held its connection after 30 s");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(rest.is_empty() || text.starts_with("HTTP/1.1 408"), "unexpected answer: {text}");
+}
