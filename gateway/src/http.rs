@@ -55,6 +55,8 @@ impl hyper::service::Service<Request<Incoming>> for Router {
 #[derive(Clone, Copy)]
 pub(crate) struct PeerAddr(pub std::net::SocketAddr);
 
+/// How long a client may take to send a request's head.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a client may take over its TLS handshake.
 const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -104,12 +106,34 @@ where
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(own_close.clone());
         req.extensions_mut().insert(PeerAddr(peer));
+        if req.uri().path().starts_with("/socket.io/") {
+            detach_head(&mut req);
+        }
         hyper::service::Service::call(&sio, req)
     });
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
+    // A client has HEADER_TIMEOUT to send its request head (slowloris); an upgraded
+    // connection is the session's from then on.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     if let Err(err) = conn.await {
         tracing::debug!(%err, "HTTP connection ended with an error");
+    }
+}
+
+/// Copies the URI and header values out of hyper's read buffer, of which they are slices:
+/// Socket.IO keeps a connection's request head for its whole life, and with it the
+/// whole 8 KiB buffer.
+fn detach_head<B>(req: &mut Request<B>) {
+    if let Ok(uri) = hyper::Uri::try_from(req.uri().to_string()) {
+        *req.uri_mut() = uri;
+    }
+    for value in req.headers_mut().values_mut() {
+        if let Ok(copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            *value = copy;
+        }
     }
 }
 
@@ -131,7 +155,10 @@ fn route(core: Arc<Core>, req: Request<Incoming>) -> Reply {
 /// pod). `/ws` connections close themselves with 1012 instead.
 struct Drainable<S> {
     io: S,
-    cut: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Dropped once a `/ws` session owns the connection: the pending wait holds the waker
+    /// of the task that last polled it (hyper's, which has ended), and with it that task's
+    /// memory, for as long as it is kept.
+    cut: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     own_close: Arc<AtomicBool>,
 }
 
@@ -143,13 +170,15 @@ impl<S> Drainable<S> {
             let jitter = rand::rng().random_range(0.0..=1.0);
             tokio::time::sleep(window.mul_f64(jitter)).await;
         });
-        Self { io, cut, own_close: Arc::new(AtomicBool::new(false)) }
+        Self { io, cut: Some(cut), own_close: Arc::new(AtomicBool::new(false)) }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Drainable<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.own_close.load(Ordering::Relaxed) && self.cut.as_mut().poll(cx).is_ready() {
+        if self.own_close.load(Ordering::Relaxed) {
+            self.cut = None;
+        } else if self.cut.as_mut().is_some_and(|cut| cut.as_mut().poll(cx).is_ready()) {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "server draining")));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -188,7 +217,7 @@ fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) ->
         .any(|v| v.trim().eq_ignore_ascii_case(token))
 }
 
-fn upgrade(core: Arc<Core>, mut req: Request<Incoming>) -> Reply {
+fn upgrade(core: Arc<Core>, req: Request<Incoming>) -> Reply {
     let query = |name: &str| {
         form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
             .find(|(key, _)| key == name)
@@ -228,8 +257,11 @@ fn upgrade(core: Arc<Core>, mut req: Request<Incoming>) -> Reply {
     }
     let accept = derive_accept_key(key.as_bytes());
     let config = ws_config(&core);
+    // Only the upgrade is kept, not the request: its head is a slice of hyper's 8 KiB read
+    // buffer, which the session would otherwise hold for the connection's life.
+    let upgraded = hyper::upgrade::on(req);
     tokio::spawn(async move {
-        match hyper::upgrade::on(&mut req).await {
+        match upgraded.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
                 crate::session::serve(core, ws, user, admitted).await;
@@ -249,9 +281,10 @@ fn upgrade(core: Arc<Core>, mut req: Request<Incoming>) -> Reply {
 }
 
 /// Small buffers: most connections are idle, and every byte here is paid per connection.
+/// Chat frames are a few hundred bytes; a bigger one is read in several steps.
 fn ws_config(core: &Core) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(core.limits.send_queue_bytes + core.limits.hard_frame_bytes)
         .max_message_size(Some(core.limits.hard_frame_bytes))
