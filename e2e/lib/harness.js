@@ -352,7 +352,24 @@ if (require.main === module && process.argv[2] === 'check') {
   console.log('harness: binaries, redis-server and secantusd-py found');
 }
 
+/** How long a test waits for any one answer. */
+const WAIT_MS = 20000;
+
+/** Resolves with the args of the socket's next `event` that satisfies `pred`. */
+function next(socket, event, pred = () => true) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { socket.off(event, on); reject(new Error(`no ${event} within ${WAIT_MS} ms`)); }, WAIT_MS);
+    function on(...args) {
+      if (!pred(...args)) return;
+      clearTimeout(timer);
+      socket.off(event, on);
+      resolve(args);
+    }
+    socket.on(event, on);
+  });
+}
+
 module.exports = {
   ROOT, OUT_DIR, LOG_DIR, PAGE_FILE,
-  startStandalone, startStack, servesPageFile, freePort, httpGet, sleep, bin,
+  startStandalone, startStack, servesPageFile, freePort, httpGet, sleep, bin, next, WAIT_MS,
 };

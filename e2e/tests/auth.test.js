@@ -11,9 +11,8 @@ const crypto = require('node:crypto');
 const { execFileSync } = require('node:child_process');
 const { io } = require('socket.io-client');
 const WebSocket = require('ws');
-const { startStandalone, sleep, bin, httpGet } = require('../lib/harness');
+const { startStandalone, sleep, bin, httpGet, next, WAIT_MS } = require('../lib/harness');
 
-const WAIT_MS = 20000;
 const SECRET = 'e2e-auth-secret-0123456789abcdef-0123456789';
 const OTHER_SECRET = 'another-secret-not-the-servers-0123456789';
 const ALLOWED = 'http://allowed.test';
@@ -70,20 +69,6 @@ function refusal(url, opts, sockets) {
       reject(new Error('connected, but the connection should have been refused'));
     });
     socket.once('connect_error', (err) => { clearTimeout(timer); socket.close(); resolve(err); });
-  });
-}
-
-/** Resolves with the args of the next `event` that satisfies `pred`. */
-function next(socket, event, pred = () => true) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { socket.off(event, on); reject(new Error(`no ${event} within ${WAIT_MS} ms`)); }, WAIT_MS);
-    function on(...args) {
-      if (!pred(...args)) return;
-      clearTimeout(timer);
-      socket.off(event, on);
-      resolve(args);
-    }
-    socket.on(event, on);
   });
 }
 

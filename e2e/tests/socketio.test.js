@@ -7,29 +7,14 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const { io } = require('socket.io-client');
 const WebSocket = require('ws');
-const { startStack, sleep } = require('../lib/harness');
+const { startStack, sleep, next, WAIT_MS } = require('../lib/harness');
 
-const WAIT_MS = 20000;
 
 function connect(url, user) {
   const socket = io(url, { transports: ['websocket'], auth: { user }, reconnectionDelay: 200, reconnectionDelayMax: 1000 });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${user}: no connect within ${WAIT_MS} ms`)), WAIT_MS);
     socket.once('connect', () => { clearTimeout(timer); resolve(socket); });
-  });
-}
-
-/** Resolves with the args of the next `event` that satisfies `pred`. */
-function next(socket, event, pred = () => true) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { socket.off(event, on); reject(new Error(`no ${event} within ${WAIT_MS} ms`)); }, WAIT_MS);
-    function on(...args) {
-      if (!pred(...args)) return;
-      clearTimeout(timer);
-      socket.off(event, on);
-      resolve(args);
-    }
-    socket.on(event, on);
   });
 }
 

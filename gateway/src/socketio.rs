@@ -236,13 +236,9 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
             if let Some(refusal) = c.over_rate() {
                 return ack_error(ack, refusal, None);
             }
-            match serde_json::from_value::<JoinArgs>(args) {
+            match parse::<JoinArgs>(args, "join needs {room, since?}") {
                 Ok(JoinArgs { room, since }) => join(&c, &s, room, since, Style::Roomcast, Some(ack)),
-                Err(err) => ack_error(
-                    ack,
-                    Refusal::new("bad_request", "invalid_field", format!("join needs {{room, since?}}: {err}")),
-                    None,
-                ),
+                Err(refusal) => ack_error(ack, refusal, None),
             }
         })
     });
@@ -263,19 +259,9 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
             if let Some(refusal) = c.over_rate() {
                 return ack_error(ack, refusal, None);
             }
-            let args: SendArgs = match serde_json::from_value(args) {
+            let args: SendArgs = match parse(args, "send needs {room, text, client_id?}") {
                 Ok(args) => args,
-                Err(err) => {
-                    return ack_error(
-                        ack,
-                        Refusal::new(
-                            "bad_request",
-                            "invalid_field",
-                            format!("send needs {{room, text, client_id?}}: {err}"),
-                        ),
-                        None,
-                    )
-                }
+                Err(refusal) => return ack_error(ack, refusal, None),
             };
             let client_id = args.client_id.unwrap_or_else(|| ulid::Ulid::new().to_string());
             let Some(user) = c.user.clone() else {
@@ -303,19 +289,9 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
             if let Some(refusal) = c.over_rate() {
                 return ack_error(ack, refusal, None);
             }
-            let args: HistoryArgs = match serde_json::from_value(args) {
+            let args: HistoryArgs = match parse(args, "history needs {room, before?, limit?}") {
                 Ok(args) => args,
-                Err(err) => {
-                    return ack_error(
-                        ack,
-                        Refusal::new(
-                            "bad_request",
-                            "invalid_field",
-                            format!("history needs {{room, before?, limit?}}: {err}"),
-                        ),
-                        None,
-                    )
-                }
+                Err(refusal) => return ack_error(ack, refusal, None),
             };
             if let Err(refusal) = c.core.limits.check_room(&args.room) {
                 return ack_error(ack, refusal, None);
@@ -351,6 +327,11 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
         conn.core.connection_closed(PROTOCOL, reason);
         conn.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
     });
+}
+
+/// An event's argument as `T`, or a refusal saying what shape `T` wants.
+fn parse<T: serde::de::DeserializeOwned>(args: Value, shape: &str) -> Result<T, Refusal> {
+    serde_json::from_value(args).map_err(|err| Refusal::new("bad_request", "invalid_field", format!("{shape}: {err}")))
 }
 
 /// Runs a handler's work now, in the order the events arrived: socketioxide spawns the
