@@ -61,7 +61,8 @@ impl RedisBroker {
     /// Connects lazily to `url`: the broker starts even while Redis is down, and
     /// [`RedisBroker::is_up`] tells readiness.
     pub fn open(url: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).map_err(|err| anyhow::anyhow!("invalid Redis URL {url:?}: {err}"))?;
+        let client = redis::Client::open(url)
+            .map_err(|err| anyhow::anyhow!("invalid Redis URL {:?}: {err}", without_password(url)))?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(TIMEOUT))
             .set_connection_timeout(Some(TIMEOUT))
@@ -236,4 +237,27 @@ async fn apply(sink: &mut PubSubSink, shared: &Shared, command: Command) -> redi
         }
     }
     Ok(())
+}
+
+/// The URL with its user and password masked, for messages that reach logs.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::without_password;
+
+    #[test]
+    fn passwords_never_reach_error_messages() {
+        assert_eq!(without_password("redis://:s3cret@cache:6379/0"), "redis://***@cache:6379/0");
+        assert_eq!(without_password("redis://user:p@ss@cache"), "redis://***@cache");
+        assert_eq!(without_password("redis://cache:6379"), "redis://cache:6379");
+        assert!(crate::RedisBroker::open("rediss://:s3cret@cache")
+            .err()
+            .is_some_and(|e| !e.to_string().contains("s3cret")));
+    }
 }
