@@ -36,6 +36,10 @@ pub struct EdgeArgs {
     /// Bytes queued towards one client before it is closed with 4001 (slow consumer).
     #[arg(long, env = "ROOMCAST_SEND_QUEUE_BYTES", default_value_t = Limits::default().send_queue_bytes)]
     pub send_queue_bytes: usize,
+    /// /ws sends a ping this often (seconds); a client silent for 2.5 times as long, pongs
+    /// included, is closed with 1001.
+    #[arg(long, env = "ROOMCAST_PING_SECONDS", default_value_t = 30.0)]
+    pub ping_seconds: f64,
     /// HS256 secret (at least 32 bytes) that client JWTs are signed with.
     #[arg(long, env = "ROOMCAST_AUTH_JWT_SECRET", hide_env_values = true, conflicts_with = "auth_jwt_public_key")]
     pub auth_jwt_secret: Option<String>,
@@ -75,6 +79,10 @@ impl EdgeArgs {
             max_frame_bytes: self.max_frame_bytes,
             max_text_chars: self.max_text_chars,
             send_queue_bytes: self.send_queue_bytes,
+            ping_every: std::time::Duration::try_from_secs_f64(self.ping_seconds)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .context("--ping-seconds must be a positive number of seconds")?,
             ..Limits::default()
         };
         anyhow::ensure!(limits.frames_per_second > 0, "--frames-per-second must be at least 1");

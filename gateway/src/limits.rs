@@ -29,6 +29,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections one client IP may hold at once; 0 for no limit.
     pub max_connections_per_ip: usize,
+    /// `/ws` pings every this often; a client that sends nothing, not even a pong, for
+    /// 2.5 times as long is closed as gone (a peer that vanished without a FIN).
+    pub ping_every: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -48,6 +51,7 @@ impl Default for Limits {
             frame_burst: 40,
             max_connections: 50_000,
             max_connections_per_ip: 1_000,
+            ping_every: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -65,6 +69,11 @@ impl Limits {
         let rate = NonZeroU32::new(self.frames_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(self.frame_burst).unwrap_or(rate);
         governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
+    }
+
+    /// How long a `/ws` client may stay silent, pongs included, before it is closed.
+    pub fn silence_limit(&self) -> std::time::Duration {
+        self.ping_every.mul_f64(2.5)
     }
 
     /// The refusal for a frame over the rate.

@@ -34,17 +34,18 @@ pub struct Outbox {
 /// The writing half, owned by the writer task.
 pub struct Writer {
     pub(crate) frames: mpsc::UnboundedReceiver<Utf8Bytes>,
+    ping_every: Duration,
     queued: Arc<AtomicUsize>,
     close: watch::Receiver<Option<CloseFrame>>,
 }
 
-pub fn outbox(limit: usize) -> (Outbox, Writer) {
+pub fn outbox(limit: usize, ping_every: Duration) -> (Outbox, Writer) {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let (closer, close) = watch::channel(None);
     (
         Outbox { frames: tx, queued: queued.clone(), limit, closer: Arc::new(closer) },
-        Writer { frames: rx, queued, close },
+        Writer { frames: rx, ping_every, queued, close },
     )
 }
 
@@ -107,16 +108,30 @@ impl Sink for Outbox {
 
 impl Writer {
     /// Writes queued frames until the queue ends, the socket fails, or a close is asked
-    /// for; a close is sent even past a stalled queue, with a 1 s limit.
+    /// for; a close is sent even past a stalled queue, with a 1 s limit. Pings every
+    /// `ping_every`, busy or not, so that a live client always has something to answer.
     pub async fn run<S>(self, mut sink: S)
     where
         S: futures::Sink<Message> + Unpin,
     {
-        let Writer { mut frames, queued, mut close } = self;
+        let Writer { mut frames, ping_every, queued, mut close } = self;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 biased;
                 _ = crate::wait_until(&mut close, Option::is_some) => break,
+                _ = ping.tick() => {
+                    let pinged = tokio::select! {
+                        biased;
+                        _ = crate::wait_until(&mut close, Option::is_some) => false,
+                        sent = sink.send(Message::Ping(Default::default())) => sent.is_ok(),
+                    };
+                    if !pinged {
+                        break;
+                    }
+                    continue;
+                }
                 first = frames.recv() => match first {
                     Some(first) => first,
                     None => break,

@@ -467,7 +467,7 @@ mod tests {
         let archive = Arc::new(Persister::new(store, BatcherConfig::default()));
         let (interests, _interest_rx) = mpsc::unbounded_channel();
         let rooms = Rooms::new(archive.clone(), interests, Limits::default());
-        let (outbox, mut writer) = outbox(1 << 20);
+        let (outbox, mut writer) = outbox(1 << 20, Duration::from_secs(30));
 
         rooms.join("r", 1, Arc::new(outbox), None);
         let joined = next_seq(&mut writer.frames).await;

@@ -25,6 +25,8 @@ use crate::Core;
 
 /// Close code sent while draining: the client should reconnect (to another pod).
 pub const SERVICE_RESTART: u16 = 1012;
+/// Close code for a client that answered nothing, not even a ping, for too long.
+pub const GONE: u16 = 1001;
 /// Close code for a frame beyond the hard size limit.
 pub const TOO_BIG: u16 = 1009;
 /// Sends a connection may have waiting; beyond it sends are refused.
@@ -42,7 +44,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let member = core.next_member_id();
-    let (outbox, writer) = outbox(core.limits.send_queue_bytes);
+    let (outbox, writer) = outbox(core.limits.send_queue_bytes, core.limits.ping_every);
     let (sink, mut stream) = ws.split();
     let writer = tokio::spawn(writer.run(sink));
     let mut session = Session {
@@ -69,8 +71,14 @@ where
     .fuse();
     tokio::pin!(drain);
 
+    let silence = core.limits.silence_limit();
+    let mut heard = tokio::time::Instant::now();
     let reason = loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(heard + silence) => {
+                outbox.close(GONE, "no frame or pong for too long");
+                break "silent";
+            }
             _ = crate::wait_until(&mut closed, Option::is_some) => break match outbox.closing() {
                 Some(SLOW_CONSUMER) => "slow_consumer",
                 Some(SERVICE_RESTART) => "drain",
@@ -79,24 +87,27 @@ where
             _ = &mut drain => {
                 outbox.close(SERVICE_RESTART, "server restarting: reconnect");
             }
-            frame = stream.next() => match frame {
-                None | Some(Ok(Message::Close(_))) => break "client_close",
-                Some(Ok(Message::Text(text))) => session.on_text(&text),
-                Some(Ok(Message::Binary(_))) => session.refuse(Refusal::new(
-                    "bad_request", "binary", "binary frames are not part of the protocol; send JSON text",
-                ), None),
-                Some(Ok(_)) => {}
-                Some(Err(tungstenite::Error::Capacity(err))) => {
-                    metrics::counter!("roomcast_gateway_bad_frames_total", "kind" => "too_large").increment(1);
-                    tracing::info!(%err, "closing a connection that sent an oversized frame");
-                    outbox.close(TOO_BIG, "frame too large");
-                    break "protocol_error";
+            frame = stream.next() => {
+                heard = tokio::time::Instant::now();
+                match frame {
+                    None | Some(Ok(Message::Close(_))) => break "client_close",
+                    Some(Ok(Message::Text(text))) => session.on_text(&text),
+                    Some(Ok(Message::Binary(_))) => session.refuse(Refusal::new(
+                        "bad_request", "binary", "binary frames are not part of the protocol; send JSON text",
+                    ), None),
+                    Some(Ok(_)) => {}
+                    Some(Err(tungstenite::Error::Capacity(err))) => {
+                        metrics::counter!("roomcast_gateway_bad_frames_total", "kind" => "too_large").increment(1);
+                        tracing::info!(%err, "closing a connection that sent an oversized frame");
+                        outbox.close(TOO_BIG, "frame too large");
+                        break "protocol_error";
+                    }
+                    Some(Err(err)) => {
+                        tracing::debug!(%err, "connection read failed");
+                        break "error";
+                    }
                 }
-                Some(Err(err)) => {
-                    tracing::debug!(%err, "connection read failed");
-                    break "error";
-                }
-            },
+            }
         }
     };
     session.leave_all();

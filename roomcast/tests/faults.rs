@@ -202,8 +202,9 @@ async fn inject(fault: Fault, stack: &mut Stack, burst_urls: &[String]) -> Vec<O
             tokio::task::block_in_place(|| stack.mongo.proc.terminate(Duration::from_secs(10)));
             // Meanwhile a burst fills the persister's bounded queue: the overflow must be
             // refused at once, not held in memory.
-            let sends: Vec<_> =
-                (0..BURST_CLIENTS).map(|i| tokio::spawn(burst_sends(burst_urls[i % burst_urls.len()].clone(), i))).collect();
+            let sends: Vec<_> = (0..BURST_CLIENTS)
+                .map(|i| tokio::spawn(burst_sends(burst_urls[i % burst_urls.len()].clone(), i)))
+                .collect();
             for s in sends {
                 burst.extend(s.await.expect("burst"));
             }

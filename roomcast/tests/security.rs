@@ -277,3 +277,20 @@ async fn a_request_head_that_never_ends_is_cut_off() {
     let text = String::from_utf8_lossy(&rest);
     assert!(rest.is_empty() || text.starts_with("HTTP/1.1 408"), "unexpected answer: {text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_answers_nothing_is_closed_and_a_live_one_stays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_proc, port, metrics) = start_roomcast("silent", dir.path(), &["--ping-seconds", "0.5"]);
+    let base = format!("ws://127.0.0.1:{port}");
+    // A peer that vanished: its socket is open but nothing reads it, so no pong comes back.
+    let (gone, _) = tokio_tungstenite::connect_async(format!("{base}/ws?user=gone")).await.expect("connect");
+    // A live client that only listens: reading answers the pings.
+    let mut live = Client::connect(&base, "live").await;
+    live.join("lobby", None).await;
+    live.settle(Duration::from_secs(4)).await; // 8 pings, over 3 silence limits (1.25 s)
+    live.send("lobby", "still here", "l1").await;
+    live.wait_for(|f| f["type"] == "ack" && f["client_id"] == "l1").await;
+    assert_eq!(metric(metrics, "roomcast_gateway_disconnects_total{protocol=\"ws\",reason=\"silent\"}"), 1.0);
+    drop(gone);
+}
