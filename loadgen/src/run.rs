@@ -173,12 +173,21 @@ async fn client_task(
     result.connected = true;
     result.connect_micros = began.elapsed().as_micros() as u64;
     live.connected.fetch_add(1, Ordering::Relaxed);
+    // Until every client is connected, read and drop what arrives: reading answers the
+    // server's pings (a client silent for too long is closed), as any live client would.
     let started = loop {
         if let Some(started) = *go.borrow_and_update() {
             break started;
         }
-        if go.changed().await.is_err() {
-            return result;
+        tokio::select! {
+            changed = go.changed() => if changed.is_err() {
+                return result;
+            },
+            frame = client.next() => if let Some(Err(_)) | None = frame {
+                live.errors.fetch_add(1, Ordering::Relaxed);
+                result.errors.push("connection closed before the run started".into());
+                return result;
+            },
         }
     };
     let publish_until = started + Duration::from_secs_f64(args.duration);
