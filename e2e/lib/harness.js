@@ -369,7 +369,17 @@ function next(socket, event, pred = () => true) {
   });
 }
 
+/** Resolves once `check()` is true; fails after WAIT_MS, naming `what`. */
+async function until(check, what) {
+  const deadline = Date.now() + WAIT_MS;
+  while (Date.now() < deadline) {
+    if (check()) return;
+    await sleep(50);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
 module.exports = {
   ROOT, OUT_DIR, LOG_DIR, PAGE_FILE,
-  startStandalone, startStack, servesPageFile, freePort, httpGet, sleep, bin, next, WAIT_MS,
+  startStandalone, startStack, servesPageFile, freePort, httpGet, sleep, bin, next, until, WAIT_MS,
 };

@@ -11,7 +11,7 @@ const crypto = require('node:crypto');
 const { execFileSync } = require('node:child_process');
 const { io } = require('socket.io-client');
 const WebSocket = require('ws');
-const { startStandalone, sleep, bin, httpGet, next, WAIT_MS } = require('../lib/harness');
+const { startStandalone, sleep, bin, httpGet, next, until, WAIT_MS } = require('../lib/harness');
 
 const SECRET = 'e2e-auth-secret-0123456789abcdef-0123456789';
 const OTHER_SECRET = 'another-secret-not-the-servers-0123456789';
@@ -143,15 +143,6 @@ async function closeAll(server, sockets, wss) {
   let open;
   while ((open = await openConnections(server)) > 0 && Date.now() < deadline) await sleep(50);
   if (open > 0) console.error(`auth.test.js: the server still counts ${open} open connections`);
-}
-
-async function until(check, what) {
-  const deadline = Date.now() + WAIT_MS;
-  while (Date.now() < deadline) {
-    if (check()) return;
-    await sleep(50);
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 test('tokens, rooms claims and origins (--auth-required)', async (t) => {

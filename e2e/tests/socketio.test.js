@@ -7,7 +7,7 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const { io } = require('socket.io-client');
 const WebSocket = require('ws');
-const { startStack, sleep, next, WAIT_MS } = require('../lib/harness');
+const { startStack, sleep, next, until, WAIT_MS } = require('../lib/harness');
 
 
 function connect(url, user) {
@@ -22,15 +22,6 @@ function collect(socket, event) {
   const seen = [];
   socket.on(event, (value) => seen.push(value));
   return seen;
-}
-
-async function until(check, what) {
-  const deadline = Date.now() + WAIT_MS;
-  while (Date.now() < deadline) {
-    if (check()) return;
-    await sleep(50);
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 test('Socket.IO against two gateways', async (t) => {
