@@ -71,11 +71,13 @@ where
     .fuse();
     tokio::pin!(drain);
 
+    // Reset at every frame from the client, rather than a new timer per frame.
     let silence = core.limits.silence_limit();
-    let mut heard = tokio::time::Instant::now();
+    let silent = tokio::time::sleep(silence);
+    tokio::pin!(silent);
     let reason = loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(heard + silence) => {
+            _ = &mut silent => {
                 outbox.close(GONE, "no frame or pong for too long");
                 break "silent";
             }
@@ -88,7 +90,7 @@ where
                 outbox.close(SERVICE_RESTART, "server restarting: reconnect");
             }
             frame = stream.next() => {
-                heard = tokio::time::Instant::now();
+                silent.as_mut().reset(tokio::time::Instant::now() + silence);
                 match frame {
                     None | Some(Ok(Message::Close(_))) => break "client_close",
                     Some(Ok(Message::Text(text))) => session.on_text(&text),
