@@ -10,6 +10,7 @@
 // connected and the port is open. SIGTERM or SIGINT stops it.
 
 const http = require('node:http');
+const { randomUUID } = require('node:crypto');
 const { Server } = require('socket.io');
 const { createAdapter } = require('@socket.io/redis-adapter');
 const { createClient } = require('redis');
@@ -22,9 +23,8 @@ const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 const rooms = {};
 
 function hhmm(date) {
-  // The original app's `time`: the server's local hours and minutes.
-  const pad = (n) => String(n).padStart(2, '0');
-  return `${pad(date.getHours())}:${pad(date.getMinutes())}`;
+  // The original app's `time`: the server's local hours and minutes, unpadded.
+  return `${date.getHours()}:${date.getMinutes()}`;
 }
 
 async function main() {
@@ -56,19 +56,25 @@ async function main() {
       if (typeof roomId !== 'string' || !roomId) return;
       if (typeof previousRoomId === 'string' && previousRoomId) socket.leave(previousRoomId);
       socket.join(roomId);
-      socket.emit('joined_room', roomId, []);
+      // The original's payloads are JSON strings (class-transformer's serialize).
+      socket.emit('joined_room', roomId, '[]');
     });
 
     socket.on('send_message', (data) => {
       if (!data || typeof data.roomId !== 'string') return;
       const { roomId, message, username } = data;
-      socket.to(roomId).emit('room_message', { message, username, time: hhmm(new Date()) });
+      socket.to(roomId).emit('room_message', JSON.stringify({ message, username, time: hhmm(new Date()) }));
     });
 
     socket.on('create_room', (data) => {
-      if (!data || typeof data.roomId !== 'string') return;
-      if (!rooms[data.roomId]) rooms[data.roomId] = { name: String(data.roomName || data.roomId) };
+      if (!data || typeof data.roomName !== 'string' || !data.roomName) return;
+      // Like the original: a new id, the map to everyone, and the creator moved into the room.
+      const roomId = randomUUID();
+      rooms[roomId] = { roomId, name: data.roomName, messages: [] };
       io.emit('room', rooms);
+      if (typeof data.roomId === 'string' && data.roomId) socket.leave(data.roomId);
+      socket.join(roomId);
+      socket.emit('joined_room', roomId, '[]');
     });
   });
 

@@ -102,7 +102,13 @@ class Session {
    */
   async open(label, base, { room, user, context, viewport, ...contextOptions } = {}) {
     const ctx = context || await this.newContext(viewport ? { viewport, ...contextOptions } : contextOptions);
-    const page = await ctx.newPage();
+    const query = user ? `?user=${encodeURIComponent(user)}` : '';
+    return this.openUrl(label, `${base}/${query}${room ? `#${room}` : ''}`, ctx);
+  }
+
+  /** Opens `url` in `context`: a page that is screenshotted, and whose errors and frames are recorded. */
+  async openUrl(label, url, context) {
+    const page = await context.newPage();
     page.setDefaultTimeout(WAIT_MS);
     page.on('pageerror', (err) => this.pageErrors.push(`${label}: ${err.message}`));
     page.on('dialog', (dialog) => {
@@ -111,8 +117,7 @@ class Session {
     });
     this.pages.push({ page, label });
     this.recordFrames(page, label);
-    const query = user ? `?user=${encodeURIComponent(user)}` : '';
-    await page.goto(`${base}/${query}${room ? `#${room}` : ''}`);
+    await page.goto(url);
     return page;
   }
 

@@ -193,13 +193,13 @@ test('tokens, rooms claims and origins (--auth-required)', async (t) => {
     const received = next(bob, 'room_message');
     const stored = await ack(alice, 'send_message', { roomId: 'auth-original', message: 'hi, I am mallory', username: 'mallory' });
     assert.ok(!stored.error, `send_message was acked: ${JSON.stringify(stored)}`);
-    const [msg] = await received;
+    const msg = JSON.parse((await received)[0]); // the original's payloads are JSON strings
     assert.equal(msg.message, 'hi, I am mallory');
     assert.equal(msg.username, 'alice', "the token's sub, not the payload's username");
     const dave = await connect(server.url, { auth: { token: mint('dave') } }, sockets);
     const daveJoined = next(dave, 'joined_room');
     dave.emit('join_room', 'auth-original');
-    const [, history] = await daveJoined;
+    const history = JSON.parse((await daveJoined)[1]);
     assert.deepEqual(history.map((m) => [m.username, m.message]), [['alice', 'hi, I am mallory']], 'stored as alice');
 
     // roomcast's events.

@@ -10,7 +10,9 @@ use serde_json::Value;
 
 use crate::limits::Limits;
 use crate::protocol::{decode, ClientFrame};
-use crate::socketio::{original, CreateRoom, HistoryArgs, JoinArgs, JoinRoomArgs, OriginalSend, SendArgs};
+use crate::socketio::{
+    serialized, CreateRoom, HistoryArgs, JoinArgs, JoinRoomArgs, OriginalMessage, OriginalSend, SendArgs,
+};
 
 /// Every code the decoder may answer with (docs/PROTOCOL.md).
 const CODES: &[&str] = &["bad_request", "invalid_room", "too_large"];
@@ -127,12 +129,17 @@ proptest! {
     #[test]
     fn room_message_carries_the_stored_message(seq in any::<u64>(), user in ".{0,32}", text in ".{0,200}", ts in 0i64..4_102_444_800_000) {
         let msg = ChatMessage { room: "r".into(), seq, id: "id".into(), user: user.clone(), text: text.clone(), ts, client_id: String::new(), tombstone: false };
-        let event = original(&msg);
+        // A JSON string, as class-transformer's deserialize() reads it, of exactly these three fields.
+        let event: Value = serde_json::from_str(&serialized(&OriginalMessage::from(&msg))).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(event.as_object().map(|o| o.len()), Some(3));
         prop_assert_eq!(&event["message"], &Value::from(text));
         prop_assert_eq!(&event["username"], &Value::from(user));
-        prop_assert_eq!(&event["seq"], &Value::from(seq));
         let time = event["time"].as_str().unwrap_or_default();
-        prop_assert!(time.len() == 5 && time.as_bytes()[2] == b':', "time {time}");
+        let (hours, minutes) = time.split_once(':').unwrap_or_default();
+        let minute_of_day = ts / 60_000 % 1440;
+        prop_assert_eq!(hours.parse::<i64>().ok(), Some(minute_of_day / 60), "time {}", time);
+        prop_assert_eq!(minutes.parse::<i64>().ok(), Some(minute_of_day % 60), "time {}", time);
+        prop_assert!(!hours.starts_with('0') || hours == "0", "no zero padding: {}", time);
     }
 }
 

@@ -127,6 +127,16 @@ struct SendJob {
     client_id: String,
     ack: AckSender,
     style: Style,
+    after: After,
+}
+
+/// What a stored send is answered with.
+enum After {
+    /// The ack: the stored message's seq, id and ts.
+    Ack,
+    /// `create_room`'s entry is stored: the creator leaves `previous` and joins `room`
+    /// (`joined_room`, as the original server does), and the ack names the new room.
+    JoinCreated { room: String, previous: Option<String> },
 }
 
 fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
@@ -199,7 +209,7 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
             let n = c.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // The socket id marks the sender's own messages, which `room_message` skips.
             let client_id = format!("sio:{}:{n}", s.id);
-            queue_send(&c, payload.room_id, username, payload.message, client_id, ack, Style::Original);
+            queue_send(&c, payload.room_id, username, payload.message, client_id, ack, Style::Original, After::Ack);
         })
     });
     let c = conn.clone();
@@ -210,13 +220,10 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
             }
             let payload: Result<CreateRoom, _> = serde_json::from_value(args);
             let Ok(payload) = payload else {
-                let refusal = Refusal::new("bad_request", "invalid_field", "create_room needs {roomName, roomId}");
+                let refusal = Refusal::new("bad_request", "invalid_field", "create_room needs {roomName, roomId?}");
                 return refuse_original(&s, ack, refusal);
             };
             let name = payload.room_name.trim().to_owned();
-            if let Err(refusal) = c.core.limits.check_room(&payload.room_id) {
-                return refuse_original(&s, ack, refusal);
-            }
             if name.is_empty() || name.chars().count() > c.core.limits.max_room_chars {
                 let refusal = Refusal::new(
                     "bad_request",
@@ -225,9 +232,14 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
                 );
                 return refuse_original(&s, ack, refusal);
             }
-            let entry = json!({"roomId": payload.room_id, "roomName": name}).to_string();
-            let client_id = format!("create:{}", payload.room_id);
-            queue_send(&c, DIRECTORY.to_owned(), "system".to_owned(), entry, client_id, ack, Style::Original);
+            // Like the original server, the new room's id is minted here: the client's
+            // `roomId` is the room it is in now, which it leaves for the new one.
+            let room = ulid::Ulid::new().to_string();
+            let previous = payload.previous_room_id.or(payload.room_id).filter(|p| !p.is_empty());
+            let entry = json!({"roomId": room, "roomName": name}).to_string();
+            let client_id = format!("create:{room}");
+            let after = After::JoinCreated { room, previous };
+            queue_send(&c, DIRECTORY.to_owned(), "system".to_owned(), entry, client_id, ack, Style::Original, after);
         })
     });
     let c = conn.clone();
@@ -280,7 +292,7 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
                 );
                 return ack_error(ack, refusal, Some(&client_id));
             }
-            queue_send(&c, args.room, user, args.text, client_id, ack, Style::Roomcast);
+            queue_send(&c, args.room, user, args.text, client_id, ack, Style::Roomcast, After::Ack);
         })
     });
     let c = conn.clone();
@@ -377,11 +389,14 @@ pub(crate) struct OriginalSend {
     username: String,
 }
 
+/// `create_room({roomName, roomId?})`: the client's `roomId` is the room it is in now
+/// (`""` in none); the original server's own name for it, `previousRoomId`, is read too.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CreateRoom {
     room_name: String,
-    room_id: String,
+    room_id: Option<String>,
+    previous_room_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -446,7 +461,16 @@ fn leave(conn: &Conn, room: &str) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn queue_send(conn: &Conn, room: String, user: String, text: String, client_id: String, ack: AckSender, style: Style) {
+fn queue_send(
+    conn: &Conn,
+    room: String,
+    user: String,
+    text: String,
+    client_id: String,
+    ack: AckSender,
+    style: Style,
+    after: After,
+) {
     metrics::counter!("roomcast_gateway_frames_received_total", "protocol" => PROTOCOL).increment(1);
     let checks = if room == DIRECTORY { Ok(()) } else { conn.core.limits.check_room(&room) }
         .and_then(|()| conn.core.limits.check_user(&user))
@@ -454,9 +478,16 @@ fn queue_send(conn: &Conn, room: String, user: String, text: String, client_id: 
     if let Err(refusal) = checks {
         return ack_error(ack, refusal, Some(&client_id));
     }
-    if let Err(mpsc::error::TrySendError::Full(job)) =
-        conn.sends.try_send(SendJob { received: tokio::time::Instant::now(), room, user, text, client_id, ack, style })
-    {
+    if let Err(mpsc::error::TrySendError::Full(job)) = conn.sends.try_send(SendJob {
+        received: tokio::time::Instant::now(),
+        room,
+        user,
+        text,
+        client_id,
+        ack,
+        style,
+        after,
+    }) {
         let refusal = Refusal::new(
             "overloaded",
             "overloaded",
@@ -471,7 +502,20 @@ async fn send_loop(core: Arc<Core>, socket: SocketRef, mut jobs: mpsc::Receiver<
         match core.send(job.received, &job.user, &job.room, &job.text, &job.client_id).await {
             Ok(stored) => {
                 metrics::counter!("roomcast_gateway_messages_sent_total", "result" => "acked").increment(1);
-                let _ = job.ack.send(&json!({"client_id": job.client_id, "room": job.room, "seq": stored.seq, "id": stored.id, "ts": stored.ts}));
+                match job.after {
+                    After::Ack => {
+                        let _ = job.ack.send(&json!({"client_id": job.client_id, "room": job.room, "seq": stored.seq, "id": stored.id, "ts": stored.ts}));
+                    }
+                    After::JoinCreated { room, previous } => {
+                        if let Some(conn) = socket.extensions.get::<Arc<Conn>>() {
+                            if let Some(previous) = previous {
+                                leave(&conn, &previous);
+                            }
+                            join(&conn, &socket, room.clone(), None, Style::Original, None);
+                        }
+                        let _ = job.ack.send(&json!({"roomId": room}));
+                    }
+                }
             }
             Err(err) => {
                 metrics::counter!("roomcast_gateway_messages_sent_total", "result" => "error").increment(1);
@@ -504,11 +548,30 @@ fn emit_error(socket: &SocketRef, refusal: Refusal, room: Option<&str>) {
     let _ = socket.emit("error", &json!({"code": refusal.code, "message": refusal.message, "room": room}));
 }
 
-/// The original app's message shape, plus roomcast's seq, id and ts.
-pub(crate) fn original(msg: &ChatMessage) -> Value {
-    let secs = msg.ts / 1000;
-    let time = format!("{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60);
-    json!({"message": msg.text, "username": msg.user, "time": time, "ts": msg.ts, "seq": msg.seq, "id": msg.id, "roomId": msg.room})
+/// The original app's message, `{message, username, time}`, where `time` is the original
+/// server's `${hours}:${minutes}` (no zero padding) of the store's clock, in UTC.
+#[derive(serde::Serialize)]
+pub(crate) struct OriginalMessage<'a> {
+    message: &'a str,
+    username: &'a str,
+    time: String,
+}
+
+impl<'a> From<&'a ChatMessage> for OriginalMessage<'a> {
+    fn from(msg: &'a ChatMessage) -> Self {
+        let minutes = msg.ts.div_euclid(60_000);
+        let time = format!("{}:{}", minutes.div_euclid(60).rem_euclid(24), minutes.rem_euclid(60));
+        OriginalMessage { message: &msg.text, username: &msg.user, time }
+    }
+}
+
+/// The original server's payloads are JSON *strings* (class-transformer's `serialize`),
+/// which its client parses with `deserialize` and `deserializeArray`.
+pub(crate) fn serialized<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|err| {
+        tracing::error!(%err, "cannot encode an original app payload");
+        "null".to_owned()
+    })
 }
 
 /// A room's view of one Socket.IO member.
@@ -521,7 +584,7 @@ struct SocketSink {
 }
 
 impl SocketSink {
-    fn emit(&self, event: &str, data: &Value) {
+    fn emit<T: serde::Serialize + ?Sized>(&self, event: &str, data: &T) {
         METRICS.frames_sent_socketio.increment(1);
         if self.socket.emit(event, data).is_err() && self.socket.connected() {
             // Its buffer is full: a slow consumer, closed so it cannot hold up the room.
@@ -535,8 +598,8 @@ impl Sink for SocketSink {
     fn joined(&self, room: &str, page: &[ChatMessage], truncated: bool) {
         match self.style {
             Style::Original => {
-                let messages: Vec<Value> = page.iter().filter(|m| !m.tombstone).map(original).collect();
-                if self.socket.emit("joined_room", &(room, messages)).is_err() {
+                let messages: Vec<OriginalMessage> = page.iter().filter(|m| !m.tombstone).map(Into::into).collect();
+                if self.socket.emit("joined_room", &(room, serialized(&messages))).is_err() {
                     let _ = self.socket.clone().disconnect();
                 }
             }
@@ -555,7 +618,7 @@ impl Sink for SocketSink {
     fn deliver(&self, msg: &ChatMessage, _ws_frame: &Utf8Bytes) {
         match self.style {
             Style::Original if msg.client_id.starts_with(&self.own) => {}
-            Style::Original => self.emit("room_message", &original(msg)),
+            Style::Original => self.emit("room_message", &serialized(&OriginalMessage::from(msg))),
             Style::Roomcast => match serde_json::to_value(WireMessage::from(msg)) {
                 Ok(value) => self.emit("message", &value),
                 Err(err) => tracing::error!(%err, "cannot encode a message for Socket.IO"),
@@ -587,7 +650,9 @@ impl Directory {
         let (Some(id), Some(name)) = (entry["roomId"].as_str(), entry["roomName"].as_str()) else {
             return false;
         };
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), json!({"name": name}));
+        // The original server's entry shape; its client reads `name`.
+        let entry = json!({"roomId": id, "name": name, "messages": []});
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_owned()).or_insert(entry);
         true
     }
 

@@ -144,9 +144,11 @@ fn parse_socketio(text: &str) -> Incoming {
         return Incoming::Other;
     };
     match args.first().and_then(Value::as_str) {
-        Some("room_message") => {
-            Incoming::Message(args.get(1).and_then(|m| m["message"].as_str()).unwrap_or_default().to_owned())
-        }
+        // The original server's payload is a JSON string of {message, username, time}.
+        Some("room_message") => match args.get(1).and_then(Value::as_str).map(serde_json::from_str::<Value>) {
+            Some(Ok(m)) => Incoming::Message(m["message"].as_str().unwrap_or_default().to_owned()),
+            _ => Incoming::Error(format!("room_message is not a JSON string of a message: {payload}")),
+        },
         Some("error") => Incoming::Error(args.get(1).map(Value::to_string).unwrap_or_default()),
         _ => Incoming::Other,
     }
@@ -164,8 +166,9 @@ mod tests {
         assert!(matches!(parse_ws(r#"{"type":"ack","seq":1}"#), Incoming::Ack));
         assert!(matches!(parse_ws("nope"), Incoming::Error(_)));
         assert!(
-            matches!(parse_socketio(r#"42["room_message",{"message":"hi","username":"u"}]"#), Incoming::Message(t) if t == "hi")
+            matches!(parse_socketio(r#"42["room_message","{\"message\":\"hi\",\"username\":\"u\",\"time\":\"1:5\"}"]"#), Incoming::Message(t) if t == "hi")
         );
+        assert!(matches!(parse_socketio(r#"42["room_message",{"message":"hi","username":"u"}]"#), Incoming::Error(_)));
         assert!(matches!(parse_socketio("3"), Incoming::Other));
     }
 }
