@@ -15,6 +15,9 @@ pub struct GatewayMetrics {
     pub frames_received_ws: Counter,
     pub deliveries: Counter,
     pub delivery_latency: Histogram,
+    pub joins_from_memory: Counter,
+    pub joins_from_store: Counter,
+    pub room_loads: Counter,
 }
 
 /// Created on first use, which is after `main` installed the recorder.
@@ -26,6 +29,9 @@ pub static METRICS: LazyLock<GatewayMetrics> = LazyLock::new(|| GatewayMetrics {
     frames_received_ws: counter!("roomcast_gateway_frames_received_total", "protocol" => "ws"),
     deliveries: counter!("roomcast_gateway_deliveries_total"),
     delivery_latency: histogram!("roomcast_gateway_delivery_latency_seconds"),
+    joins_from_memory: counter!("roomcast_gateway_joins_total", "source" => "memory"),
+    joins_from_store: counter!("roomcast_gateway_joins_total", "source" => "store"),
+    room_loads: counter!("roomcast_gateway_room_loads_total"),
 });
 
 /// Describes every gateway metric and puts the error series at zero, so dashboards and
@@ -65,9 +71,24 @@ pub fn describe() {
     describe_gauge!("roomcast_gateway_ready", "1 while ready (upstreams reachable, not draining).");
     describe_gauge!("roomcast_gateway_rooms", "Rooms with members on this gateway.");
     describe_counter!("roomcast_gateway_gap_fills_total", "Holes in a room's order read from the store, by result.");
+    describe_counter!(
+        "roomcast_gateway_joins_total",
+        "Joins answered, by source: the room's in-memory tail, or a read of the store."
+    );
+    describe_counter!(
+        "roomcast_gateway_room_loads_total",
+        "Rooms' first reads of the store (one per room starting on this gateway, shared by its joins)."
+    );
+    describe_counter!(
+        "roomcast_gateway_store_reads_total",
+        "Store queries made by rooms, by reason (room_load, join, gap_fill, catch_up)."
+    );
     LazyLock::force(&METRICS);
     for result in ["acked", "error"] {
         counter!("roomcast_gateway_messages_sent_total", "result" => result).absolute(0);
+    }
+    for reason in ["room_load", "join", "gap_fill", "catch_up"] {
+        counter!("roomcast_gateway_store_reads_total", "reason" => reason).absolute(0);
     }
     for result in ["filled", "sealed", "error"] {
         counter!("roomcast_gateway_gap_fills_total", "result" => result).absolute(0);

@@ -6,8 +6,12 @@
 //! Joining members are registered before their history is read, so every message is
 //! either in that history or delivered live after it, and per-member `last` seqs drop
 //! the overlap.
+//!
+//! The room reads the store once when it starts here, however many members join while
+//! that read runs, and then keeps its recent [`Tail`] in memory: a join, or a `since`
+//! recovery, that the tail covers reads nothing from the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,10 @@ use crate::protocol::{wire_size, ServerFrame, WireMessage};
 const GAP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Wait before retrying a store read that failed.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Bounds of a room's in-memory tail: enough for a history page and a reconnect's worth
+/// of recovery in a busy room, little enough for many rooms per gateway.
+const TAIL_MESSAGES: usize = 512;
+const TAIL_BYTES: usize = 256 * 1024;
 
 pub type MemberId = u64;
 
@@ -51,11 +59,28 @@ struct Entry {
 }
 
 enum Command {
-    Join { member: MemberId, sink: Arc<dyn Sink>, since: Option<u64> },
-    Leave { member: MemberId },
+    Join {
+        member: MemberId,
+        sink: Arc<dyn Sink>,
+        since: Option<u64>,
+    },
+    Leave {
+        member: MemberId,
+    },
     Deliver(Arc<ChatMessage>),
-    Loaded { member: MemberId, since: Option<u64>, result: Result<Page, StoreError> },
-    Fill { result: Result<Page, StoreError> },
+    /// The room's first read: its high seq and newest messages, shared by every member
+    /// that joined before it landed.
+    RoomLoaded {
+        result: Result<Page, StoreError>,
+    },
+    Loaded {
+        member: MemberId,
+        since: Option<u64>,
+        result: Result<Page, StoreError>,
+    },
+    Fill {
+        result: Result<Page, StoreError>,
+    },
     CatchUp,
     GapCheck,
 }
@@ -134,6 +159,77 @@ struct Member {
     last: Option<u64>,
     /// Live messages that arrived while the history loaded.
     held: Vec<Arc<ChatMessage>>,
+    /// The position it joined with, while it waits for the room's first read.
+    waiting: Option<Option<u64>>,
+}
+
+/// The newest messages delivered in a room, tombstones included: consecutive seqs that
+/// end at the room's cursor, bounded by [`TAIL_MESSAGES`] and [`TAIL_BYTES`].
+#[derive(Default)]
+struct Tail {
+    messages: VecDeque<Arc<ChatMessage>>,
+    bytes: usize,
+}
+
+impl Tail {
+    /// Seeds the tail with the longest run of consecutive seqs of `page` that ends at `cursor`.
+    fn seed(page: &[ChatMessage], cursor: u64) -> Tail {
+        let mut tail = Tail::default();
+        let mut expected = cursor;
+        for msg in page.iter().rev() {
+            if msg.seq != expected || expected == 0 {
+                break;
+            }
+            tail.bytes += wire_size(msg);
+            tail.messages.push_front(Arc::new(msg.clone()));
+            expected -= 1;
+        }
+        tail.trim();
+        tail
+    }
+
+    /// Appends the message that follows the last one.
+    fn push(&mut self, msg: Arc<ChatMessage>) {
+        self.bytes += wire_size(&msg);
+        self.messages.push_back(msg);
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        while self.messages.len() > TAIL_MESSAGES || (self.bytes > TAIL_BYTES && self.messages.len() > 1) {
+            if let Some(old) = self.messages.pop_front() {
+                self.bytes -= wire_size(&old);
+            }
+        }
+    }
+
+    /// What a member joining with `since` is owed, when the tail holds all of it: the
+    /// newest `page` messages (no `since`), or everything after `since`, cut like a store
+    /// read at `cap` messages and `max_bytes` of text. `None` when the store must answer.
+    fn serve(&self, since: Option<u64>, cursor: u64, page: usize, cap: usize, max_bytes: usize) -> Option<Page> {
+        let first = self.messages.front().map_or(cursor + 1, |m| m.seq);
+        let whole_room = first == 1;
+        let messages: Vec<ChatMessage> = match since {
+            None if whole_room || self.messages.len() >= page => {
+                self.messages.iter().skip(self.messages.len().saturating_sub(page)).map(|m| (**m).clone()).collect()
+            }
+            Some(after) if after >= cursor => Vec::new(),
+            Some(after) if first <= after + 1 => {
+                let mut bytes = 0;
+                let mut out = Vec::new();
+                for msg in self.messages.iter().filter(|m| m.seq > after) {
+                    bytes += wire_size(msg);
+                    if out.len() >= cap || (bytes > max_bytes && !out.is_empty()) {
+                        return Some(Page { messages: out, high: cursor, truncated: true });
+                    }
+                    out.push((**msg).clone());
+                }
+                out
+            }
+            _ => return None,
+        };
+        Some(Page { messages, high: cursor, truncated: false })
+    }
 }
 
 struct RoomTask {
@@ -154,6 +250,9 @@ struct RoomTask {
     gap_timer: bool,
     /// A catch-up was asked for before the first load set the cursor.
     catch_up_wanted: bool,
+    /// The room's first read is running.
+    room_loading: bool,
+    tail: Tail,
 }
 
 impl RoomTask {
@@ -176,6 +275,8 @@ impl RoomTask {
             gap_since: None,
             gap_timer: false,
             catch_up_wanted: false,
+            room_loading: false,
+            tail: Tail::default(),
         }
     }
 
@@ -188,13 +289,17 @@ impl RoomTask {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Join { member, sink, since } => {
-                self.members.insert(member, Member { sink, last: None, held: Vec::new() });
-                self.load(member, since, Duration::ZERO);
+                self.members.insert(member, Member { sink, last: None, held: Vec::new(), waiting: Some(since) });
+                match self.cursor {
+                    Some(_) => self.serve(member),
+                    None => self.load_room(Duration::ZERO),
+                }
             }
             Command::Leave { member } => {
                 self.members.remove(&member);
             }
             Command::Deliver(msg) => self.accept(msg),
+            Command::RoomLoaded { result } => self.room_loaded(result),
             Command::Loaded { member, since, result } => self.loaded(member, since, result),
             Command::Fill { result } => match result {
                 Ok(page) => {
@@ -236,15 +341,87 @@ impl RoomTask {
         });
     }
 
+    /// The room's first read, once, whoever joins while it runs.
+    fn load_room(&mut self, delay: Duration) {
+        if self.room_loading {
+            return;
+        }
+        self.room_loading = true;
+        let (archive, room, page) = (self.archive.clone(), self.room.clone(), self.history_page);
+        METRICS.room_loads.increment(1);
+        self.spawn(delay, async move {
+            let result = async {
+                reads("room_load", 2);
+                let high = archive.max_seq(&room).await?;
+                let limit = page.max(TAIL_MESSAGES as u32).min(MAX_PAGE);
+                let query = HistoryQuery { room: room.clone(), before: None, after: None, limit };
+                Ok(Page { messages: archive.history(query).await?, high, truncated: false })
+            }
+            .await;
+            Command::RoomLoaded { result }
+        });
+    }
+
+    fn room_loaded(&mut self, result: Result<Page, StoreError>) {
+        self.room_loading = false;
+        let page = match result {
+            Ok(page) => page,
+            Err(err) => {
+                let message = format!("cannot load room history yet ({err}); retrying");
+                for member in self.members.values().filter(|m| m.waiting.is_some()) {
+                    member.sink.unavailable(&self.room, &message);
+                }
+                self.load_room(RETRY_AFTER);
+                return;
+            }
+        };
+        let cursor = page.high.max(page.messages.last().map_or(0, |m| m.seq));
+        self.cursor = Some(cursor);
+        self.tail = Tail::seed(&page.messages, cursor);
+        self.drain();
+        let waiting: Vec<MemberId> =
+            self.members.iter().filter(|(_, m)| m.waiting.is_some()).map(|(id, _)| *id).collect();
+        for member in waiting {
+            self.serve(member);
+        }
+        if std::mem::take(&mut self.catch_up_wanted) {
+            self.catch_up(Duration::ZERO);
+        }
+    }
+
+    /// Answers a join from the tail when it holds what the member is owed, else from the store.
+    fn serve(&mut self, id: MemberId) {
+        let (Some(cursor), Some(member)) = (self.cursor, self.members.get_mut(&id)) else {
+            return;
+        };
+        let Some(since) = member.waiting.take() else {
+            return;
+        };
+        let page = self.history_page as usize;
+        match self.tail.serve(since, cursor, page, self.max_recovery, self.recovery_bytes) {
+            Some(page) => {
+                METRICS.joins_from_memory.increment(1);
+                self.loaded(id, since, Ok(page));
+            }
+            None => {
+                METRICS.joins_from_store.increment(1);
+                self.load(id, since, Duration::ZERO);
+            }
+        }
+    }
+
+    /// One member's history from the store: its `since` is older than the tail.
     fn load(&self, member: MemberId, since: Option<u64>, delay: Duration) {
         let (archive, room) = (self.archive.clone(), self.room.clone());
         let (page, cap, bytes) = (self.history_page, self.max_recovery, self.recovery_bytes);
         self.spawn(delay, async move {
             let result = async {
+                reads("join", 1);
                 let high = archive.max_seq(&room).await?;
                 match since {
-                    Some(after) => read_after(archive.as_ref(), &room, after, high, cap, bytes).await,
+                    Some(after) => read_after(archive.as_ref(), &room, after, high, cap, bytes, "join").await,
                     None => {
+                        reads("join", 1);
                         let query = HistoryQuery { room: room.clone(), before: None, after: None, limit: page };
                         Ok(Page { messages: archive.history(query).await?, high, truncated: false })
                     }
@@ -277,13 +454,6 @@ impl RoomTask {
                 member.last = Some(msg.seq);
             }
         }
-        if self.cursor.is_none() {
-            self.cursor = Some(page.high.max(page_high));
-            self.drain();
-            if std::mem::take(&mut self.catch_up_wanted) {
-                self.catch_up(Duration::ZERO);
-            }
-        }
     }
 
     /// Takes one delivery (live, or read from the store) into the room's order.
@@ -312,6 +482,7 @@ impl RoomTask {
             cursor = msg.seq;
             self.cursor = Some(cursor);
             self.broadcast(&msg);
+            self.tail.push(msg);
         }
         if self.pending.is_empty() {
             self.gap_since = None;
@@ -368,6 +539,7 @@ impl RoomTask {
         tracing::info!(room = %self.room, from, to, "filling a hole in the room's order from the store");
         let (archive, room) = (self.archive.clone(), self.room.clone());
         self.spawn(Duration::ZERO, async move {
+            reads("gap_fill", 1);
             let result = archive.resolve(&room, from, to).await;
             let outcome = match &result {
                 Ok(msgs) if msgs.iter().any(|m| m.tombstone) => "sealed",
@@ -383,7 +555,7 @@ impl RoomTask {
         let Some(cursor) = self.cursor else { return };
         let (archive, room, cap) = (self.archive.clone(), self.room.clone(), self.max_recovery);
         self.spawn(delay, async move {
-            Command::Fill { result: read_after(archive.as_ref(), &room, cursor, 0, cap, usize::MAX).await }
+            Command::Fill { result: read_after(archive.as_ref(), &room, cursor, 0, cap, usize::MAX, "catch_up").await }
         });
     }
 }
@@ -397,10 +569,12 @@ async fn read_after(
     high: u64,
     cap: usize,
     max_bytes: usize,
+    reason: &'static str,
 ) -> Result<Page, StoreError> {
     let mut messages: Vec<ChatMessage> = Vec::new();
     let mut from = after;
     loop {
+        reads(reason, 1);
         let query = HistoryQuery { room: room.to_owned(), before: None, after: Some(from), limit: MAX_PAGE };
         let page = archive.history(query).await?;
         let full = page.len() == MAX_PAGE as usize;
@@ -425,6 +599,11 @@ async fn read_after(
     }
 }
 
+/// Counts store queries made for a room, by why they were made.
+fn reads(reason: &'static str, n: u64) {
+    metrics::counter!("roomcast_gateway_store_reads_total", "reason" => reason).increment(n);
+}
+
 fn frame(msg: &ChatMessage) -> Utf8Bytes {
     Utf8Bytes::from(ServerFrame::Message(WireMessage::from(msg)).to_json())
 }
@@ -438,8 +617,10 @@ pub fn now_millis() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::outbox;
-    use persister::{BatcherConfig, Persister, RedbStore};
+    use crate::outbox::{outbox, Writer};
+    use async_trait::async_trait;
+    use persister::{BatcherConfig, Persister, RedbStore, Written};
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     fn msg(seq: u64) -> ChatMessage {
         ChatMessage {
@@ -454,24 +635,106 @@ mod tests {
         }
     }
 
-    async fn next_seq(frames: &mut mpsc::UnboundedReceiver<Utf8Bytes>) -> serde_json::Value {
-        let frame =
-            tokio::time::timeout(Duration::from_secs(10), frames.recv()).await.expect("a frame in time").expect("open");
+    /// The in-process store, counting the reads rooms make, each slowed by `delay` so that
+    /// joins and live messages can race them.
+    struct Counting {
+        inner: Persister,
+        reads: AtomicU64,
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl Archive for Counting {
+        async fn write(&self, msg: ChatMessage) -> Result<Written, StoreError> {
+            self.inner.write(msg).await
+        }
+        async fn history(&self, query: HistoryQuery) -> Result<Vec<ChatMessage>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            self.inner.history(query).await
+        }
+        async fn resolve(&self, room: &str, from: u64, to: u64) -> Result<Vec<ChatMessage>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.resolve(room, from, to).await
+        }
+        async fn max_seq(&self, room: &str) -> Result<u64, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            self.inner.max_seq(room).await
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        archive: Arc<Counting>,
+        rooms: Rooms,
+        next_member: MemberId,
+    }
+
+    impl Fixture {
+        fn new(delay: Duration) -> Fixture {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Arc::new(RedbStore::open(dir.path()).expect("store"));
+            let inner = Persister::new(store, BatcherConfig::default());
+            let archive = Arc::new(Counting { inner, reads: AtomicU64::new(0), delay });
+            let (interests, _interest_rx) = mpsc::unbounded_channel();
+            let rooms = Rooms::new(archive.clone(), interests, Limits::default());
+            Fixture { _dir: dir, archive, rooms, next_member: 0 }
+        }
+
+        fn join(&mut self, since: Option<u64>) -> Writer {
+            let (outbox, writer) = outbox(1 << 22, Duration::from_secs(30));
+            self.next_member += 1;
+            self.rooms.join("r", self.next_member, Arc::new(outbox), since);
+            writer
+        }
+
+        async fn store(&self, seqs: std::ops::RangeInclusive<u64>) {
+            for seq in seqs {
+                self.archive.write(msg(seq)).await.expect("write");
+            }
+        }
+
+        fn reads(&self) -> u64 {
+            self.archive.reads.load(Ordering::SeqCst)
+        }
+    }
+
+    async fn next_frame(writer: &mut Writer) -> serde_json::Value {
+        let frame = tokio::time::timeout(Duration::from_secs(10), writer.frames.recv())
+            .await
+            .expect("a frame in time")
+            .expect("open");
         serde_json::from_str(&frame).expect("json")
+    }
+
+    async fn next_seq(writer: &mut Writer) -> serde_json::Value {
+        next_frame(writer).await
+    }
+
+    /// The seqs of a `joined` frame.
+    async fn joined(writer: &mut Writer) -> Vec<u64> {
+        let frame = next_frame(writer).await;
+        assert_eq!(frame["type"], "joined", "{frame}");
+        frame["messages"].as_array().expect("messages").iter().filter_map(|m| m["seq"].as_u64()).collect()
+    }
+
+    /// Every seq a member was sent, history and live, until `last`.
+    async fn seen_until(writer: &mut Writer, last: u64) -> Vec<u64> {
+        let mut seen = joined(writer).await;
+        while seen.last().is_none_or(|&s| s < last) {
+            let frame = next_frame(writer).await;
+            seen.push(frame["seq"].as_u64().expect("a message frame"));
+        }
+        seen
     }
 
     #[tokio::test]
     async fn reorders_fills_from_the_store_and_seals_holes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(RedbStore::open(dir.path()).expect("store"));
-        let archive = Arc::new(Persister::new(store, BatcherConfig::default()));
-        let (interests, _interest_rx) = mpsc::unbounded_channel();
-        let rooms = Rooms::new(archive.clone(), interests, Limits::default());
-        let (outbox, mut writer) = outbox(1 << 20, Duration::from_secs(30));
-
-        rooms.join("r", 1, Arc::new(outbox), None);
-        let joined = next_seq(&mut writer.frames).await;
-        assert_eq!(joined["type"], "joined");
+        let mut fx = Fixture::new(Duration::ZERO);
+        let mut writer = fx.join(None);
+        assert_eq!(joined(&mut writer).await, Vec::<u64>::new());
+        let (archive, rooms) = (&fx.archive, &fx.rooms);
 
         // Out of order from the broker: delivered in seq order.
         for seq in [3, 1, 2] {
@@ -481,24 +744,138 @@ mod tests {
             rooms.deliver(msg(seq));
         }
         for want in 1..=3 {
-            assert_eq!(next_seq(&mut writer.frames).await["seq"], want);
+            assert_eq!(next_seq(&mut writer).await["seq"], want);
         }
         // 4 is stored but its publish was lost; 5 arrives: 4 is read from the store.
         archive.write(msg(4)).await.expect("write");
         archive.write(msg(5)).await.expect("write");
         rooms.deliver(msg(5));
-        assert_eq!(next_seq(&mut writer.frames).await["seq"], 4);
-        assert_eq!(next_seq(&mut writer.frames).await["seq"], 5);
+        assert_eq!(next_seq(&mut writer).await["seq"], 4);
+        assert_eq!(next_seq(&mut writer).await["seq"], 5);
         // 6 was never stored: it is sealed, and 7 is delivered after it.
         archive.write(msg(7)).await.expect("write");
         rooms.deliver(msg(7));
-        assert_eq!(next_seq(&mut writer.frames).await["seq"], 7);
+        assert_eq!(next_seq(&mut writer).await["seq"], 7);
         let sealed = archive.resolve("r", 6, 6).await.expect("resolve");
         assert!(sealed[0].tombstone, "the hole is sealed in the store");
         // A late copy of 2 is not delivered again.
         rooms.deliver(msg(2));
         archive.write(msg(8)).await.expect("write");
         rooms.deliver(msg(8));
-        assert_eq!(next_seq(&mut writer.frames).await["seq"], 8);
+        assert_eq!(next_seq(&mut writer).await["seq"], 8);
+    }
+
+    #[tokio::test]
+    async fn concurrent_joins_share_one_store_read_and_later_ones_read_nothing() {
+        let mut fx = Fixture::new(Duration::from_millis(200));
+        fx.store(1..=80).await;
+        // 30 members join while the room's first read is slowed down.
+        let mut early: Vec<Writer> = (0..30).map(|_| fx.join(None)).collect();
+        for writer in &mut early {
+            assert_eq!(joined(writer).await, (31..=80).collect::<Vec<_>>(), "the newest 50 messages");
+        }
+        assert_eq!(fx.reads(), 2, "one max_seq and one history read for all 30 joins");
+        let mut late = fx.join(None);
+        assert_eq!(joined(&mut late).await, (31..=80).collect::<Vec<_>>());
+        let mut recovering = fx.join(Some(70));
+        assert_eq!(joined(&mut recovering).await, (71..=80).collect::<Vec<_>>(), "since inside the tail");
+        let mut current = fx.join(Some(80));
+        assert_eq!(joined(&mut current).await, Vec::<u64>::new());
+        assert_eq!(fx.reads(), 2, "joins after the first read come from memory");
+    }
+
+    #[tokio::test]
+    async fn a_join_racing_live_messages_gets_each_once_in_order() {
+        let mut fx = Fixture::new(Duration::from_millis(100));
+        fx.store(1..=5).await;
+        let mut first = fx.join(None);
+        // Live messages arrive while the first read is in flight, before and after it.
+        for seq in 6..=9 {
+            fx.archive.write(msg(seq)).await.expect("write");
+            fx.rooms.deliver(msg(seq));
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        let mut second = fx.join(Some(3));
+        for seq in 10..=12 {
+            fx.archive.write(msg(seq)).await.expect("write");
+            fx.rooms.deliver(msg(seq));
+        }
+        assert_eq!(seen_until(&mut first, 12).await, (1..=12).collect::<Vec<_>>());
+        assert_eq!(seen_until(&mut second, 12).await, (4..=12).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_tail_that_overflows_sends_older_recoveries_to_the_store() {
+        let mut fx = Fixture::new(Duration::ZERO);
+        let mut member = fx.join(None);
+        assert_eq!(joined(&mut member).await, Vec::<u64>::new());
+        let last = TAIL_MESSAGES as u64 + 20;
+        fx.store(1..=last).await;
+        for seq in 1..=last {
+            fx.rooms.deliver(msg(seq));
+        }
+        for want in 1..=last {
+            assert_eq!(next_seq(&mut member).await["seq"], want);
+        }
+        let before = fx.reads();
+        let mut recent = fx.join(Some(last - 10));
+        assert_eq!(joined(&mut recent).await, (last - 9..=last).collect::<Vec<_>>());
+        assert_eq!(fx.reads(), before, "inside the tail: no store read");
+        let mut old = fx.join(Some(5));
+        assert_eq!(joined(&mut old).await, (6..=last).collect::<Vec<_>>(), "older than the tail: from the store");
+        assert!(fx.reads() > before, "the store answered the old recovery");
+    }
+
+    #[tokio::test]
+    async fn a_resync_after_a_broker_reconnect_keeps_the_tail_whole() {
+        let mut fx = Fixture::new(Duration::ZERO);
+        let mut member = fx.join(None);
+        assert_eq!(joined(&mut member).await, Vec::<u64>::new());
+        fx.store(1..=3).await;
+        for seq in 1..=3 {
+            fx.rooms.deliver(msg(seq));
+        }
+        // The broker connection dropped: 4..=6 were stored but never published here.
+        fx.store(4..=6).await;
+        fx.rooms.catch_up(None);
+        for want in 1..=6 {
+            assert_eq!(next_seq(&mut member).await["seq"], want);
+        }
+        let before = fx.reads();
+        let mut recovering = fx.join(Some(2));
+        assert_eq!(joined(&mut recovering).await, (3..=6).collect::<Vec<_>>());
+        assert_eq!(fx.reads(), before, "the caught-up messages are in the tail");
+    }
+
+    #[test]
+    fn the_tail_is_bounded_and_serves_only_what_it_holds() {
+        let page: Vec<ChatMessage> = (1..=10).map(msg).collect();
+        let tail = Tail::seed(&page, 10);
+        assert_eq!(tail.messages.len(), 10);
+        let served = |since| {
+            tail.serve(since, 10, 4, 100, usize::MAX).map(|p| p.messages.iter().map(|m| m.seq).collect::<Vec<_>>())
+        };
+        assert_eq!(served(None), Some(vec![7, 8, 9, 10]));
+        assert_eq!(served(Some(0)), Some((1..=10).collect()));
+        assert_eq!(served(Some(10)), Some(vec![]));
+        // A seed with a hole keeps only the run that ends at the cursor.
+        let holed: Vec<ChatMessage> = [1, 2, 4, 5].into_iter().map(msg).collect();
+        let tail = Tail::seed(&holed, 5);
+        assert_eq!(tail.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4, 5]);
+        assert!(tail.serve(Some(2), 5, 50, 100, usize::MAX).is_none(), "3 is not in memory");
+        assert!(tail.serve(None, 5, 50, 100, usize::MAX).is_none(), "a page of 50 is not in memory");
+        // The cap and the byte budget truncate like a store read.
+        let tail = Tail::seed(&page, 10);
+        let capped = tail.serve(Some(0), 10, 50, 3, usize::MAX).expect("served");
+        assert!(capped.truncated && capped.messages.len() == 3);
+        let small = tail.serve(Some(0), 10, 50, 100, 1).expect("served");
+        assert!(small.truncated && small.messages.len() == 1, "at least one message");
+        // Count bound.
+        let mut tail = Tail::default();
+        for seq in 1..=(TAIL_MESSAGES as u64 + 5) {
+            tail.push(Arc::new(msg(seq)));
+        }
+        assert_eq!(tail.messages.len(), TAIL_MESSAGES);
+        assert_eq!(tail.messages.front().map(|m| m.seq), Some(6));
     }
 }
