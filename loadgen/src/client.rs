@@ -2,9 +2,11 @@
 //! events. Socket.IO is spoken directly over Engine.IO's WebSocket transport (packet
 //! types `0`, `2`/`3`, `40`, `42`), which is all a chat client needs.
 
+use std::borrow::Cow;
+
 use anyhow::{bail, Context};
 use futures::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -19,11 +21,43 @@ pub enum Mode {
 
 /// What a client cares about in a frame from the server.
 pub enum Incoming {
-    /// A chat message's text.
-    Message(String),
+    /// A load message (see [`crate::stats::encode`]): its sender, number and send time.
+    Load {
+        sender: u32,
+        n: u32,
+        sent_micros: u64,
+    },
     Ack,
     Error(String),
     Other,
+}
+
+/// The fields of a `/ws` frame that loadgen reads, borrowed from the frame: a full
+/// `serde_json::Value` per delivery would cost more than the server's work for it.
+#[derive(serde::Deserialize)]
+struct WsFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    message: Option<Cow<'a, str>>,
+}
+
+/// The original app's message, the JSON string inside a `room_message` event.
+#[derive(serde::Deserialize)]
+struct OriginalMessage<'a> {
+    #[serde(borrow)]
+    message: Cow<'a, str>,
+}
+
+fn load_message(text: &str) -> Incoming {
+    match crate::stats::decode(text) {
+        Some((sender, n, sent_micros)) => Incoming::Load { sender, n, sent_micros },
+        None => Incoming::Other,
+    }
 }
 
 pub struct Client {
@@ -125,13 +159,17 @@ impl Client {
 }
 
 fn parse_ws(text: &str) -> Incoming {
-    let Ok(frame) = serde_json::from_str::<Value>(text) else {
+    let Ok(frame) = serde_json::from_str::<WsFrame>(text) else {
         return Incoming::Error(format!("invalid JSON from server: {text}"));
     };
-    match frame["type"].as_str() {
-        Some("message") => Incoming::Message(frame["text"].as_str().unwrap_or_default().to_owned()),
-        Some("ack") => Incoming::Ack,
-        Some("error") => Incoming::Error(format!("{}: {}", frame["code"], frame["message"])),
+    match frame.kind.as_ref() {
+        "message" => frame.text.as_deref().map_or(Incoming::Other, load_message),
+        "ack" => Incoming::Ack,
+        "error" => Incoming::Error(format!(
+            "{}: {}",
+            frame.code.as_deref().unwrap_or("?"),
+            frame.message.as_deref().unwrap_or_default()
+        )),
         _ => Incoming::Other,
     }
 }
@@ -140,18 +178,18 @@ fn parse_socketio(text: &str) -> Incoming {
     let Some(payload) = text.strip_prefix("42") else {
         return Incoming::Other;
     };
-    let Ok(Value::Array(args)) = serde_json::from_str::<Value>(payload) else {
-        return Incoming::Other;
-    };
-    match args.first().and_then(Value::as_str) {
-        // The original server's payload is a JSON string of {message, username, time}.
-        Some("room_message") => match args.get(1).and_then(Value::as_str).map(serde_json::from_str::<Value>) {
-            Some(Ok(m)) => Incoming::Message(m["message"].as_str().unwrap_or_default().to_owned()),
-            _ => Incoming::Error(format!("room_message is not a JSON string of a message: {payload}")),
-        },
-        Some("error") => Incoming::Error(args.get(1).map(Value::to_string).unwrap_or_default()),
-        _ => Incoming::Other,
+    // The original server's payload is a JSON string of {message, username, time}.
+    if payload.starts_with(r#"["room_message","#) {
+        let parsed = serde_json::from_str::<(Cow<str>, Cow<str>)>(payload).ok().and_then(|(_, inner)| {
+            serde_json::from_str::<OriginalMessage>(&inner).ok().map(|m| load_message(&m.message))
+        });
+        return parsed
+            .unwrap_or_else(|| Incoming::Error(format!("room_message is not a JSON string of a message: {payload}")));
     }
+    if payload.starts_with(r#"["error","#) {
+        return Incoming::Error(payload.to_owned());
+    }
+    Incoming::Other
 }
 
 #[cfg(test)]
@@ -160,14 +198,17 @@ mod tests {
 
     #[test]
     fn parses_both_protocols() {
-        assert!(
-            matches!(parse_ws(r#"{"type":"message","text":"lg:1:2:3:"}"#), Incoming::Message(t) if t == "lg:1:2:3:")
-        );
+        assert!(matches!(
+            parse_ws(r#"{"type":"message","room":"r","seq":4,"text":"lg:1:2:3:xx","ts":5}"#),
+            Incoming::Load { sender: 1, n: 2, sent_micros: 3 }
+        ));
+        assert!(matches!(parse_ws(r#"{"type":"message","text":"hello"}"#), Incoming::Other));
         assert!(matches!(parse_ws(r#"{"type":"ack","seq":1}"#), Incoming::Ack));
         assert!(matches!(parse_ws("nope"), Incoming::Error(_)));
-        assert!(
-            matches!(parse_socketio(r#"42["room_message","{\"message\":\"hi\",\"username\":\"u\",\"time\":\"1:5\"}"]"#), Incoming::Message(t) if t == "hi")
-        );
+        assert!(matches!(
+            parse_socketio(r#"42["room_message","{\"message\":\"lg:7:8:9:\",\"username\":\"u\",\"time\":\"1:5\"}"]"#),
+            Incoming::Load { sender: 7, n: 8, sent_micros: 9 }
+        ));
         assert!(matches!(parse_socketio(r#"42["room_message",{"message":"hi","username":"u"}]"#), Incoming::Error(_)));
         assert!(matches!(parse_socketio("3"), Incoming::Other));
     }

@@ -56,9 +56,17 @@ pub struct Args {
     /// Connect and hold, with no traffic.
     #[arg(long)]
     pub idle: bool,
-    /// Seconds to wait after publishing stops for the last deliveries.
+    /// Seconds after publishing stops within which a delivery is on time; later ones are
+    /// counted as late (never as lost).
     #[arg(long, default_value_t = 3.0)]
     pub drain: f64,
+    /// After publishing stops, a client reads until it has every delivery it is owed, or
+    /// until the server has sent it nothing for this many seconds; what is missing then is lost.
+    #[arg(long, default_value_t = 5.0)]
+    pub silence: f64,
+    /// After publishing stops, a client gives up waiting for missing deliveries after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub max_wait: f64,
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -82,6 +90,9 @@ fn check_targets(args: &Args) -> anyhow::Result<()> {
     }
     if !(args.duration > 0.0 && args.duration <= 3600.0) {
         bail!("--duration must be between 0 and 3600 seconds");
+    }
+    if !(0.0..=600.0).contains(&args.max_wait) || !(0.0..=600.0).contains(&args.silence) {
+        bail!("--max-wait and --silence must be between 0 and 600 seconds");
     }
     if args.rooms == 0 || args.connections == 0 {
         bail!("--rooms and --connections must be at least 1");
@@ -107,7 +118,7 @@ async fn main() {
         eprintln!("loadgen: {err}");
         std::process::exit(2);
     }
-    let deadline = Duration::from_secs_f64(args.ramp_up + args.duration + args.drain + 30.0);
+    let deadline = Duration::from_secs_f64(args.ramp_up + args.duration + args.max_wait.max(args.drain) + 30.0);
     let report = match tokio::time::timeout(deadline, run::run(args.clone())).await {
         Ok(Ok(report)) => report,
         Ok(Err(err)) => {

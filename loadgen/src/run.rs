@@ -1,6 +1,11 @@
-//! One load run: ramp up, publish for the duration, drain, then account.
+//! One load run: ramp up, publish for the duration, read until every expected delivery
+//! has arrived (or the server has gone silent), then account.
+//!
+//! A delivery that arrives after the drain window is *late*, never lost: lost is what
+//! never arrived. Each client task counts on its own and adds to the shared live counters
+//! in batches, so that the instrument does not contend with itself at 100k+ deliveries/s.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,13 +19,74 @@ use crate::client::{Client, Incoming, Mode};
 use crate::stats::{self, Percentiles, Receiver};
 use crate::Args;
 
-#[derive(Default)]
+/// Counters every client task shares.
 struct Live {
     connected: AtomicU64,
     sent: AtomicU64,
     delivered: AtomicU64,
     errors: AtomicU64,
+    /// Clients that have not yet finished publishing.
+    publishing: AtomicUsize,
+    /// Per room: sends made, and sends answered (acked or refused).
+    room_sent: Vec<AtomicU64>,
+    room_answered: Vec<AtomicU64>,
+    room_acked: Vec<AtomicU64>,
 }
+
+impl Live {
+    fn new(connections: usize, rooms: usize) -> Live {
+        let counters = || (0..rooms).map(|_| AtomicU64::new(0)).collect();
+        Live {
+            connected: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            publishing: AtomicUsize::new(connections),
+            room_sent: counters(),
+            room_answered: counters(),
+            room_acked: counters(),
+        }
+    }
+
+    /// Whether a member of `room` that received `unique` deliveries (and sent `own`) has
+    /// everything it will ever be owed: publishing is over everywhere, every send in the
+    /// room is answered (on /ws), and each of them has arrived.
+    fn complete(&self, mode: Mode, room: usize, unique: u64, own: u64) -> bool {
+        if self.publishing.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        let sent = self.room_sent[room].load(Ordering::Acquire);
+        match mode {
+            Mode::Ws => {
+                self.room_answered[room].load(Ordering::Acquire) >= sent
+                    && unique >= self.room_acked[room].load(Ordering::Acquire)
+            }
+            Mode::Socketio => unique >= sent.saturating_sub(own),
+        }
+    }
+}
+
+/// Marks a client's publishing as over exactly once, whichever way its task ends.
+struct Publishing<'a>(Option<&'a AtomicUsize>);
+
+impl Publishing<'_> {
+    fn done(&mut self) {
+        if let Some(counter) = self.0.take() {
+            counter.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+/// How often a draining client checks whether it is complete.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// Live counters are updated every this many deliveries.
+const LIVE_BATCH: u64 = 256;
 
 struct ClientResult {
     room: usize,
@@ -51,6 +117,8 @@ pub struct Report {
     pub send_errors: u64,
     pub expected_deliveries: u64,
     pub unique_deliveries: u64,
+    /// Unique deliveries that arrived after the drain window (included in unique).
+    pub late: u64,
     pub lost: u64,
     pub duplicates: u64,
     pub reordered: u64,
@@ -82,7 +150,7 @@ pub fn room_of(i: usize, clients: usize, rooms: usize, skew: f64) -> usize {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
-    let live = Arc::new(Live::default());
+    let live = Arc::new(Live::new(args.connections, args.rooms));
     let (go_tx, go) = watch::channel(None::<Instant>);
     let run_id = now_micros() % 1_000_000;
     let mut tasks = Vec::with_capacity(args.connections);
@@ -106,8 +174,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let started = Instant::now();
     go_tx.send_replace(Some(started));
     let churn = tokio::spawn(churn_task(args.clone(), run_id));
-    let end = started + Duration::from_secs_f64(args.duration + args.drain);
-    while Instant::now() < end {
+    while tasks.iter().any(|t| !t.is_finished()) {
         let elapsed = started.elapsed().as_secs_f64().max(0.001);
         bar.set_message(format!(
             "{:.0}s  sent {}  delivered {} ({:.0}/s)  errors {}",
@@ -149,6 +216,7 @@ async fn client_task(
         receiver: Receiver::default(),
         latency: stats::histogram(),
     };
+    let mut publishing = Publishing(Some(&live.publishing));
     tokio::time::sleep(delay).await;
     let room_name = format!("lg-room-{room}");
     let began = Instant::now();
@@ -191,16 +259,64 @@ async fn client_task(
         }
     };
     let publish_until = started + Duration::from_secs_f64(args.duration);
-    let stop_at = publish_until + Duration::from_secs_f64(args.drain);
+    let on_time_until = publish_until + Duration::from_secs_f64(args.drain);
+    let give_up_at = publish_until + Duration::from_secs_f64(args.max_wait);
+    let silence = Duration::from_secs_f64(args.silence);
     let period = Duration::from_secs_f64(args.connections as f64 / args.rate.max(0.001));
     let offset = period.mul_f64(rand::rng().random_range(0.0..1.0));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::from_std(started + offset), period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut n = 0u32;
+    // One timer, moved along: the end of publishing, then the drain's polls.
+    let wake = tokio::time::sleep_until(tokio::time::Instant::from_std(publish_until));
+    tokio::pin!(wake);
+    let mut sending = !args.idle;
+    let (mut draining, mut last_frame) = (false, Instant::now());
+    let (mut n, mut unflushed) = (0u32, 0u64);
     loop {
         tokio::select! {
-            _ = ticks.tick(), if !args.idle && Instant::now() < publish_until => {
+            biased;
+            frame = client.next() => {
+                last_frame = Instant::now();
+                match frame {
+                    Some(Ok(Incoming::Load { sender, n: k, sent_micros })) => {
+                        let late = last_frame > on_time_until;
+                        if result.receiver.record(sender, k, args.connections, late) {
+                            let _ = result.latency.record(now_micros().saturating_sub(sent_micros).max(1));
+                            unflushed += 1;
+                            if unflushed == LIVE_BATCH {
+                                live.delivered.fetch_add(std::mem::take(&mut unflushed), Ordering::Relaxed);
+                            }
+                        }
+                        if draining && live.complete(args.mode, room, result.receiver.unique, result.sent) {
+                            break;
+                        }
+                    }
+                    Some(Ok(Incoming::Ack)) => {
+                        result.acked += 1;
+                        live.room_acked[room].fetch_add(1, Ordering::AcqRel);
+                        live.room_answered[room].fetch_add(1, Ordering::AcqRel);
+                    }
+                    Some(Ok(Incoming::Error(err))) => {
+                        live.errors.fetch_add(1, Ordering::Relaxed);
+                        live.room_answered[room].fetch_add(1, Ordering::AcqRel);
+                        result.errors.push(format!("server: {err}"));
+                    }
+                    Some(Ok(Incoming::Other)) => {}
+                    Some(Err(err)) => {
+                        live.errors.fetch_add(1, Ordering::Relaxed);
+                        result.errors.push(format!("connection: {err:#}"));
+                        break;
+                    }
+                    None => {
+                        live.errors.fetch_add(1, Ordering::Relaxed);
+                        result.errors.push("connection closed by the server".into());
+                        break;
+                    }
+                }
+            }
+            _ = ticks.tick(), if sending => {
                 let text = stats::encode(id, n, now_micros(), args.message_size);
+                live.room_sent[room].fetch_add(1, Ordering::AcqRel);
                 if let Err(err) = client.send(&room_name, &text, &format!("{id}-{n}")).await {
                     live.errors.fetch_add(1, Ordering::Relaxed);
                     result.errors.push(format!("send: {err:#}"));
@@ -210,35 +326,24 @@ async fn client_task(
                 result.sent += 1;
                 live.sent.fetch_add(1, Ordering::Relaxed);
             }
-            frame = client.next() => match frame {
-                Some(Ok(Incoming::Message(text))) => {
-                    if let Some((sender, k, sent_micros)) = stats::decode(&text) {
-                        if result.receiver.record(sender, k) {
-                            let _ = result.latency.record(now_micros().saturating_sub(sent_micros).max(1));
-                            live.delivered.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+            () = &mut wake => {
+                if !draining {
+                    (sending, draining) = (false, true);
+                    publishing.done();
                 }
-                Some(Ok(Incoming::Ack)) => result.acked += 1,
-                Some(Ok(Incoming::Error(err))) => {
-                    live.errors.fetch_add(1, Ordering::Relaxed);
-                    result.errors.push(format!("server: {err}"));
-                }
-                Some(Ok(Incoming::Other)) => {}
-                Some(Err(err)) => {
-                    live.errors.fetch_add(1, Ordering::Relaxed);
-                    result.errors.push(format!("connection: {err:#}"));
+                let now = Instant::now();
+                if live.complete(args.mode, room, result.receiver.unique, result.sent)
+                    || now >= give_up_at
+                    || now.duration_since(last_frame.max(publish_until)) >= silence
+                {
                     break;
                 }
-                None => {
-                    live.errors.fetch_add(1, Ordering::Relaxed);
-                    result.errors.push("connection closed by the server".into());
-                    break;
-                }
-            },
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(stop_at)) => break,
+                wake.as_mut().reset(tokio::time::Instant::from_std(now + DRAIN_POLL));
+            }
         }
     }
+    publishing.done();
+    live.delivered.fetch_add(unflushed, Ordering::Relaxed);
     client.close().await;
     result
 }
@@ -286,7 +391,8 @@ fn account(args: &Args, results: Vec<ClientResult>, churn_connects: u64) -> Repo
     }
     let mut connect = stats::histogram();
     let mut latency = stats::histogram();
-    let (mut sent, mut acked, mut expected, mut unique, mut duplicates, mut reordered) = (0, 0, 0, 0, 0, 0);
+    let (mut sent, mut acked, mut expected, mut unique, mut late) = (0, 0, 0, 0, 0);
+    let (mut duplicates, mut reordered) = (0, 0);
     let mut errors = Vec::new();
     for r in &results {
         errors.extend(r.errors.iter().take(3).cloned());
@@ -304,6 +410,7 @@ fn account(args: &Args, results: Vec<ClientResult>, churn_connects: u64) -> Repo
             Mode::Socketio => r.sent * members[r.room].saturating_sub(1),
         };
         unique += r.receiver.unique;
+        late += r.receiver.late;
         duplicates += r.receiver.duplicates;
         reordered += r.receiver.reordered;
     }
@@ -326,6 +433,7 @@ fn account(args: &Args, results: Vec<ClientResult>, churn_connects: u64) -> Repo
         send_errors: results.iter().filter(|r| r.connected).map(|r| r.errors.len() as u64).sum::<u64>(),
         expected_deliveries: expected,
         unique_deliveries: unique,
+        late,
         lost,
         duplicates,
         reordered,
@@ -341,7 +449,7 @@ impl Report {
             "loadgen {:?} -> {}\n\
              connections  {} connected, {} failed; connect p50 {:.1} ms, p99 {:.1} ms; churn {}\n\
              messages     {} sent, {} acked, {} errors\n\
-             deliveries   {} expected, {} received, {} lost, {} duplicates, {} reordered\n\
+             deliveries   {} expected, {} received ({} late), {} lost, {} duplicates, {} reordered\n\
              throughput   {:.0} deliveries/s\n\
              latency      p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
             self.mode,
@@ -356,6 +464,7 @@ impl Report {
             self.send_errors,
             self.expected_deliveries,
             self.unique_deliveries,
+            self.late,
             self.lost,
             self.duplicates,
             self.reordered,

@@ -1,8 +1,6 @@
 //! Accounting: what was sent, what each receiver got, and how long it took. Loss and
 //! duplicates are counted from what arrived, never assumed.
 
-use std::collections::HashMap;
-
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -27,30 +25,42 @@ pub fn decode(text: &str) -> Option<(u32, u32, u64)> {
 }
 
 /// What one receiver saw, per sender: messages from one sender arrive in its send order.
+/// Senders are numbered 0..N; the table is allocated at the first delivery, so idle
+/// clients cost nothing.
 #[derive(Default)]
 pub struct Receiver {
-    last: HashMap<u32, u32>,
+    /// Per sender, 1 + the highest number received (0: nothing yet).
+    next: Vec<u32>,
     pub unique: u64,
+    /// Unique deliveries that arrived after the drain window: slow, but not lost.
+    pub late: u64,
     pub duplicates: u64,
     pub reordered: u64,
 }
 
 impl Receiver {
-    /// Records message `n` of `sender`; returns false for a duplicate or late copy.
-    pub fn record(&mut self, sender: u32, n: u32) -> bool {
-        match self.last.get(&sender) {
-            Some(&last) if n == last => {
+    /// Records message `n` of `sender` (of `senders`); returns false for a duplicate or
+    /// late copy. `late` says it arrived after the drain window.
+    pub fn record(&mut self, sender: u32, n: u32, senders: usize, late: bool) -> bool {
+        let sender = sender as usize;
+        if sender >= self.next.len() {
+            self.next.resize(senders.max(sender + 1), 0);
+        }
+        let seen = self.next[sender];
+        match seen.checked_sub(1) {
+            Some(last) if n == last => {
                 self.duplicates += 1;
                 false
             }
-            Some(&last) if n < last => {
+            Some(last) if n < last => {
                 // Either a duplicate or out of order: both break the contract.
                 self.reordered += 1;
                 false
             }
             _ => {
-                self.last.insert(sender, n);
+                self.next[sender] = n + 1;
                 self.unique += 1;
+                self.late += u64::from(late);
                 true
             }
         }
@@ -104,15 +114,17 @@ mod tests {
     }
 
     #[test]
-    fn receivers_count_duplicates_and_reordering() {
+    fn receivers_count_duplicates_reordering_and_late_deliveries() {
         let mut r = Receiver::default();
-        assert!(r.record(1, 0));
-        assert!(r.record(1, 1));
-        assert!(!r.record(1, 1), "same message twice");
-        assert!(r.record(2, 0), "another sender has its own order");
-        assert!(r.record(1, 3), "a gap is not a duplicate (loss is counted at the end)");
-        assert!(!r.record(1, 2), "arriving after a later one");
-        assert_eq!((r.unique, r.duplicates, r.reordered), (4, 1, 1));
+        assert!(r.record(1, 0, 3, false));
+        assert!(r.record(1, 1, 3, false));
+        assert!(!r.record(1, 1, 3, false), "same message twice");
+        assert!(r.record(2, 0, 3, false), "another sender has its own order");
+        assert!(r.record(1, 3, 3, false), "a gap is not a duplicate (loss is counted at the end)");
+        assert!(!r.record(1, 2, 3, false), "arriving after a later one");
+        assert!(r.record(0, 0, 3, true), "late, but unique");
+        assert!(r.record(7, 0, 3, false), "a sender beyond the table grows it");
+        assert_eq!((r.unique, r.late, r.duplicates, r.reordered), (6, 1, 1, 1));
     }
 
     #[test]
