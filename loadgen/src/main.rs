@@ -79,6 +79,10 @@ pub struct Args {
     /// Allow targets that are not on this machine.
     #[arg(long)]
     pub allow_remote: bool,
+    /// Threads that run the clients: 0 for one per core, 1 for a single-threaded runtime
+    /// (which leaves the other cores to a server on the same machine).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// No live progress line (for logs and CI).
     #[arg(long)]
     pub quiet: bool,
@@ -111,9 +115,23 @@ fn check_targets(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(run_and_report(args)),
+        Err(err) => {
+            eprintln!("loadgen: cannot start the tokio runtime: {err}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn run_and_report(args: Args) {
     if let Err(err) = check_targets(&args) {
         eprintln!("loadgen: {err}");
         std::process::exit(2);

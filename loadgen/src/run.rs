@@ -97,6 +97,55 @@ struct ClientResult {
     errors: Vec<String>,
     receiver: Receiver,
     latency: Histogram<u64>,
+    /// Deliveries not yet added to the live counter.
+    unflushed: u64,
+}
+
+impl ClientResult {
+    /// Takes one frame from the server; false when the connection is over.
+    /// `now` and `on_time_until` are microseconds since the epoch (one clock read a frame).
+    fn take(
+        &mut self,
+        frame: Option<anyhow::Result<Incoming>>,
+        live: &Live,
+        senders: usize,
+        now: u64,
+        on_time_until: u64,
+    ) -> bool {
+        match frame {
+            Some(Ok(Incoming::Load { sender, n, sent_micros })) => {
+                if self.receiver.record(sender, n, senders, now > on_time_until) {
+                    self.latency.saturating_record(now.saturating_sub(sent_micros).max(1));
+                    self.unflushed += 1;
+                    if self.unflushed == LIVE_BATCH {
+                        live.delivered.fetch_add(std::mem::take(&mut self.unflushed), Ordering::Relaxed);
+                    }
+                }
+            }
+            Some(Ok(Incoming::Ack)) => {
+                self.acked += 1;
+                live.room_acked[self.room].fetch_add(1, Ordering::AcqRel);
+                live.room_answered[self.room].fetch_add(1, Ordering::AcqRel);
+            }
+            Some(Ok(Incoming::Error(err))) => {
+                live.errors.fetch_add(1, Ordering::Relaxed);
+                live.room_answered[self.room].fetch_add(1, Ordering::AcqRel);
+                self.errors.push(format!("server: {err}"));
+            }
+            Some(Ok(Incoming::Other)) => {}
+            Some(Err(err)) => {
+                live.errors.fetch_add(1, Ordering::Relaxed);
+                self.errors.push(format!("connection: {err:#}"));
+                return false;
+            }
+            None => {
+                live.errors.fetch_add(1, Ordering::Relaxed);
+                self.errors.push("connection closed by the server".into());
+                return false;
+            }
+        }
+        true
+    }
 }
 
 #[derive(Serialize)]
@@ -215,6 +264,7 @@ async fn client_task(
         errors: Vec::new(),
         receiver: Receiver::default(),
         latency: stats::histogram(),
+        unflushed: 0,
     };
     let mut publishing = Publishing(Some(&live.publishing));
     tokio::time::sleep(delay).await;
@@ -251,15 +301,15 @@ async fn client_task(
             changed = go.changed() => if changed.is_err() {
                 return result;
             },
-            frame = client.next() => if let Some(Err(_)) | None = frame {
-                live.errors.fetch_add(1, Ordering::Relaxed);
-                result.errors.push("connection closed before the run started".into());
+            // A client that sees the start late may already get others' messages: kept.
+            frame = client.next() => if !result.take(frame, &live, args.connections, now_micros(), u64::MAX) {
                 return result;
             },
         }
     };
     let publish_until = started + Duration::from_secs_f64(args.duration);
-    let on_time_until = publish_until + Duration::from_secs_f64(args.drain);
+    let micros_at = |at: Instant| now_micros() + at.saturating_duration_since(Instant::now()).as_micros() as u64;
+    let on_time_until = micros_at(publish_until + Duration::from_secs_f64(args.drain));
     let give_up_at = publish_until + Duration::from_secs_f64(args.max_wait);
     let silence = Duration::from_secs_f64(args.silence);
     let period = Duration::from_secs_f64(args.connections as f64 / args.rate.max(0.001));
@@ -270,48 +320,18 @@ async fn client_task(
     let wake = tokio::time::sleep_until(tokio::time::Instant::from_std(publish_until));
     tokio::pin!(wake);
     let mut sending = !args.idle;
-    let (mut draining, mut last_frame) = (false, Instant::now());
-    let (mut n, mut unflushed) = (0u32, 0u64);
+    let (mut draining, mut last_frame) = (false, now_micros());
+    let mut n = 0u32;
     loop {
         tokio::select! {
             biased;
             frame = client.next() => {
-                last_frame = Instant::now();
-                match frame {
-                    Some(Ok(Incoming::Load { sender, n: k, sent_micros })) => {
-                        let late = last_frame > on_time_until;
-                        if result.receiver.record(sender, k, args.connections, late) {
-                            let _ = result.latency.record(now_micros().saturating_sub(sent_micros).max(1));
-                            unflushed += 1;
-                            if unflushed == LIVE_BATCH {
-                                live.delivered.fetch_add(std::mem::take(&mut unflushed), Ordering::Relaxed);
-                            }
-                        }
-                        if draining && live.complete(args.mode, room, result.receiver.unique, result.sent) {
-                            break;
-                        }
-                    }
-                    Some(Ok(Incoming::Ack)) => {
-                        result.acked += 1;
-                        live.room_acked[room].fetch_add(1, Ordering::AcqRel);
-                        live.room_answered[room].fetch_add(1, Ordering::AcqRel);
-                    }
-                    Some(Ok(Incoming::Error(err))) => {
-                        live.errors.fetch_add(1, Ordering::Relaxed);
-                        live.room_answered[room].fetch_add(1, Ordering::AcqRel);
-                        result.errors.push(format!("server: {err}"));
-                    }
-                    Some(Ok(Incoming::Other)) => {}
-                    Some(Err(err)) => {
-                        live.errors.fetch_add(1, Ordering::Relaxed);
-                        result.errors.push(format!("connection: {err:#}"));
-                        break;
-                    }
-                    None => {
-                        live.errors.fetch_add(1, Ordering::Relaxed);
-                        result.errors.push("connection closed by the server".into());
-                        break;
-                    }
+                last_frame = now_micros();
+                if !result.take(frame, &live, args.connections, last_frame, on_time_until) {
+                    break;
+                }
+                if draining && live.complete(args.mode, room, result.receiver.unique, result.sent) {
+                    break;
                 }
             }
             _ = ticks.tick(), if sending => {
@@ -332,9 +352,10 @@ async fn client_task(
                     publishing.done();
                 }
                 let now = Instant::now();
+                let quiet = Duration::from_micros(now_micros().saturating_sub(last_frame));
                 if live.complete(args.mode, room, result.receiver.unique, result.sent)
                     || now >= give_up_at
-                    || now.duration_since(last_frame.max(publish_until)) >= silence
+                    || quiet.min(now.duration_since(publish_until)) >= silence
                 {
                     break;
                 }
@@ -343,7 +364,7 @@ async fn client_task(
         }
     }
     publishing.done();
-    live.delivered.fetch_add(unflushed, Ordering::Relaxed);
+    live.delivered.fetch_add(result.unflushed, Ordering::Relaxed);
     client.close().await;
     result
 }

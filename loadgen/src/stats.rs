@@ -67,9 +67,10 @@ impl Receiver {
     }
 }
 
-/// Latency in microseconds, up to 60 s, 3 significant digits.
+/// Latency in microseconds, up to 60 s, 2 significant digits (within 1%). One per client:
+/// at 3 digits each took ~360 KiB, and recording into a thousand of them missed the cache.
 pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("constant histogram bounds are valid")
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -141,9 +142,10 @@ mod tests {
             h.record(v * 1000).expect("in range");
         }
         let p = percentiles(&h);
-        assert!((p.p50_ms - 500.0).abs() < 1.0, "{p:?}");
-        assert!((p.p99_ms - 990.0).abs() < 1.5, "{p:?}");
-        assert!((p.max_ms - 1000.0).abs() < 1.0, "{p:?}");
+        // Two significant digits: within 1%.
+        assert!((p.p50_ms - 500.0).abs() <= 5.0, "{p:?}");
+        assert!((p.p99_ms - 990.0).abs() <= 9.9, "{p:?}");
+        assert!((p.max_ms - 1000.0).abs() <= 10.0, "{p:?}");
         assert_eq!(p.samples, 1000);
     }
 }
