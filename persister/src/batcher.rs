@@ -1,6 +1,10 @@
-//! Groups single writes into batches: a batch closes when it is full or when its first
-//! message has waited `linger`. Every caller is answered only after its batch commits.
-//! The queue is bounded: when it is full, writes fail at once instead of piling up.
+//! Groups single writes into batches, by group commit: a batch is taken from the queue
+//! when a write slot is free, so a message waits for nothing when the store is idle, and
+//! messages that arrive while `max_in_flight` batches are being written form the next
+//! batch. Batches grow with load and the store sees fewer, larger writes. `linger`
+//! optionally holds a batch a little longer for company. Every caller is answered only
+//! after its batch commits. The queue is bounded: when it is full, writes fail at once
+//! instead of piling up.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +18,7 @@ use crate::store::{Store, StoreError, WriteOutcome};
 pub struct BatcherConfig {
     /// Most messages in one batch.
     pub max_batch: usize,
-    /// How long the first message of a batch may wait for company.
+    /// How long a batch that is not full may wait for company once a slot is free.
     pub linger: Duration,
     /// Most messages waiting for a batch.
     pub queue_capacity: usize,
@@ -28,9 +32,9 @@ impl Default for BatcherConfig {
     fn default() -> Self {
         Self {
             max_batch: 256,
-            linger: Duration::from_millis(2),
+            linger: Duration::ZERO,
             queue_capacity: 10_000,
-            max_in_flight: 4,
+            max_in_flight: 1,
             retry_for: Duration::from_secs(3),
         }
     }
@@ -74,19 +78,29 @@ impl Batcher {
 
 async fn run(store: Arc<dyn Store>, config: BatcherConfig, mut rx: mpsc::Receiver<(ChatMessage, Reply)>) {
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
-    while let Some(first) = rx.recv().await {
+    loop {
+        // A slot first: what queues while every slot is busy becomes the next batch.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + config.linger;
         while batch.len() < config.max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let deadline = tokio::time::Instant::now() + config.linger;
+        while batch.len() < config.max_batch && !config.linger.is_zero() {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(job)) => batch.push(job),
                 Ok(None) | Err(_) => break,
             }
         }
         metrics::gauge!("roomcast_persister_queue_depth").set(rx.len() as f64);
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
         let store = store.clone();
         let retry_for = config.retry_for;
         tokio::spawn(async move {
@@ -137,5 +151,64 @@ async fn write(store: &dyn Store, batch: Vec<(ChatMessage, Reply)>, retry_for: D
                 let _ = reply.send(Err(err.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::HistoryQuery;
+    use std::sync::Mutex;
+
+    /// A store that takes `delay` per batch and records the batch sizes it was given.
+    struct Slow {
+        delay: Duration,
+        sizes: Mutex<Vec<usize>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Slow {
+        async fn write_batch(&self, batch: &[ChatMessage]) -> Result<Vec<WriteOutcome>, StoreError> {
+            self.sizes.lock().unwrap_or_else(|p| p.into_inner()).push(batch.len());
+            tokio::time::sleep(self.delay).await;
+            Ok(batch.iter().cloned().map(WriteOutcome::Stored).collect())
+        }
+        async fn history(&self, _: &HistoryQuery) -> Result<Vec<ChatMessage>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn resolve(&self, _: &str, _: u64, _: u64) -> Result<Vec<ChatMessage>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn max_seq(&self, _: &str) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+    }
+
+    fn msg(seq: u64) -> ChatMessage {
+        ChatMessage { room: "r".into(), seq, id: format!("id{seq}"), ..ChatMessage::default() }
+    }
+
+    #[tokio::test]
+    async fn an_idle_store_gets_each_write_at_once_and_a_busy_one_gets_them_together() {
+        let store = Arc::new(Slow { delay: Duration::from_millis(500), sizes: Mutex::new(Vec::new()) });
+        let batcher = Batcher::start(store.clone(), BatcherConfig::default());
+        let first = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.write(msg(1)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Ten writes while the first batch is being written: they wait, and go as one.
+        let rest: Vec<_> = (2..=11)
+            .map(|seq| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.write(msg(seq)).await })
+            })
+            .collect();
+        assert!(matches!(first.await, Ok(Ok(WriteOutcome::Stored(_)))));
+        for write in rest {
+            assert!(matches!(write.await, Ok(Ok(WriteOutcome::Stored(_)))));
+        }
+        // The first went alone (no linger); the ten queued behind it went as one batch.
+        assert_eq!(*store.sizes.lock().unwrap_or_else(|p| p.into_inner()), vec![1, 10]);
     }
 }

@@ -28,9 +28,13 @@ struct Args {
     /// Most messages in one insert_many.
     #[arg(long, env = "ROOMCAST_BATCH_SIZE", default_value_t = 256)]
     batch_size: usize,
-    /// How long a batch waits for more messages, in milliseconds.
-    #[arg(long, env = "ROOMCAST_BATCH_LINGER_MS", default_value_t = 2)]
+    /// How long a batch waits for more messages once it could be written, in milliseconds
+    /// (0: batches form only while earlier ones are being written).
+    #[arg(long, env = "ROOMCAST_BATCH_LINGER_MS", default_value_t = 0)]
     batch_linger_ms: u64,
+    /// Batches written at once; the messages that arrive meanwhile form the next batch.
+    #[arg(long, env = "ROOMCAST_BATCHES_IN_FLIGHT", default_value_t = 1)]
+    batches_in_flight: usize,
     /// Most writes waiting for a batch; beyond it writes fail fast.
     #[arg(long, env = "ROOMCAST_QUEUE_CAPACITY", default_value_t = 10_000)]
     queue_capacity: usize,
@@ -59,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
         max_batch: args.batch_size.max(1),
         linger: Duration::from_millis(args.batch_linger_ms),
         queue_capacity: args.queue_capacity.max(1),
+        max_in_flight: args.batches_in_flight.max(1),
         ..BatcherConfig::default()
     };
     let persister = Persister::new(Arc::new(store), config);

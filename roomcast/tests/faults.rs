@@ -25,7 +25,7 @@ const DRIVERS: usize = 4;
 const BOUND: Duration = Duration::from_secs(20);
 const PACE: Duration = Duration::from_millis(200);
 /// The store-outage burst: more writes at once than the persister holds (4 batches of 4 in
-/// flight, one forming, and a queue of 4), so that the overflow must be refused at once.
+/// flight and a queue of 4), so that the overflow must be refused at once.
 const BURST_CLIENTS: usize = 40;
 const BURST_SENDS: usize = 2;
 
@@ -252,7 +252,8 @@ async fn burst_sends(url: String, i: usize) -> Vec<Outcome> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acked_message_survives_each_fault() {
-    let mut stack = Stack::start_with("faults", 2, &["--queue-capacity", "4", "--batch-size", "4"]);
+    let mut stack =
+        Stack::start_with("faults", 2, &["--queue-capacity", "4", "--batch-size", "4", "--batches-in-flight", "4"]);
     let urls = vec![stack.ws_url(0), stack.ws_url(1)];
     let mut table = vec![
         "| fault | sent | acked | errored (codes) | lost | slowest answer | recovered after heal | persister RSS before / during / after the outage |".to_owned(),
