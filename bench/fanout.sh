@@ -1,48 +1,55 @@
 #!/usr/bin/env bash
-# Scenarios 1 and 4 of BENCHMARKS.md: room fan-out, 1,000 clients in 10 rooms of 100,
-# stepping the total publish rate up until a step fails (p99 > 50 ms, any loss, duplicate,
-# reordering or error). For each system the figure is the highest deliveries/s of a
+# Fan-out scenarios of BENCHMARKS.md, every system side by side in one run:
+#
+#   bash bench/fanout.sh rooms       # 1,000 clients in 10 rooms of 100 (default)
+#   bash bench/fanout.sh big-rooms   # 2,000 clients in 2 rooms of 1,000
+#
+# For each system the total publish rate steps up until a step fails (p99 > 50 ms, any
+# loss, duplicate, reordering or error); the figure is the highest deliveries/s of a
 # passing step. Systems, in this order, each started before its steps and stopped after:
 #
-#   roomcast  persister + 2 x (fanout + gateway) on one redis-server and one secantusd-py,
-#             all started fresh for every step (see setup_roomcast). The store is measured
-#             first with persist-bench: every message is written before it is delivered,
-#             so the store's batched rate caps the publish rate.
+#   ceiling   the minimal tokio-tungstenite broadcast server (one process, no gRPC/Redis/
+#             store): the known answer loadgen is checked against, run first
+#   roomcast  persister + 2 x (fanout + gateway) on one redis-server and one secantusd-py
+#   roomcast1 the one-process `roomcast` binary (in-memory broker, on-disk redb store)
 #   peer      2 x the Node peer (bench/peer: socket.io 4 + redis adapter) on one redis-server
-#   ceiling   the minimal tokio-tungstenite broadcast server (one process, no gRPC/Redis/store)
-#   roomcast1 the one-process `roomcast` binary (in-memory broker, on-disk redb store): an
-#             extra row, the same gateway code without the network tiers
-#   roomcast-nop99  the distributed stack again, from the rate where `roomcast` failed,
-#             with p99 not limited, until loss or errors: the store's throughput cap apart
-#             from its latency. Not a headline figure.
+#   roomcast-nop99  (only when named in FANOUT_SYSTEMS) the distributed stack from the rate
+#             where `roomcast` failed, with p99 not limited, until loss or errors
 # Steps stop starting once FANOUT_BUDGET_SECONDS have passed (the rows say BUDGET).
 #
-#   bash bench/fanout.sh                         # everything, about 10 minutes
-#   FANOUT_SYSTEMS="peer ceiling" bash bench/fanout.sh
-#   FANOUT_RATES="100 200" FANOUT_STEP_SECONDS=5 bash bench/fanout.sh
+#   FANOUT_SYSTEMS="peer ceiling" bash bench/fanout.sh rooms
+#   FANOUT_RATES="100 200" FANOUT_STEP_SECONDS=5 bash bench/fanout.sh big-rooms
 #
-# Raw loadgen JSON, logs and /metrics land in bench/results/fanout-<UTC stamp>/ (and
-# bench/results/fanout-latest), with steps.tsv and summary.json. Everything it starts
+# Raw loadgen JSON, logs and /metrics land in bench/results/<scenario>-<UTC stamp>/ (and
+# bench/results/<scenario>-latest), with steps.tsv and summary.json. Everything it starts
 # listens on 127.0.0.1 and is stopped when it ends, also on failure or Ctrl-C.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-RATES=${FANOUT_RATES:-"50 100 150 200 250 300 400 500 600 800 1000 1200 1600 2000"}
-NOP99_RATES=${FANOUT_NOP99_RATES:-"50 100 200 400 800 1200 1600"}
-SYSTEMS=${FANOUT_SYSTEMS:-"roomcast peer ceiling roomcast1 roomcast-nop99"}
-STEP_SECONDS=${FANOUT_STEP_SECONDS:-10}
-BUDGET=${FANOUT_BUDGET_SECONDS:-680}   # no new step starts once this many seconds have passed
-CONNECTIONS=1000
-ROOMS=10
+SCENARIO=${1:-rooms}
+case $SCENARIO in
+  rooms)
+    CONNECTIONS=1000 ROOMS=10
+    DEFAULT_RATES="200 400 600 800 1000 1200 1600 2000 2500 3000 4000 5000 6000"
+    ;;
+  big-rooms)
+    CONNECTIONS=2000 ROOMS=2
+    DEFAULT_RATES="20 40 60 80 100 150 200 250 300 400 500"
+    ;;
+  *) echo "usage: bash bench/fanout.sh [rooms|big-rooms]" >&2; exit 2 ;;
+esac
+RATES=${FANOUT_RATES:-$DEFAULT_RATES}
+NOP99_RATES=${FANOUT_NOP99_RATES:-$RATES}
+SYSTEMS=${FANOUT_SYSTEMS:-"ceiling roomcast roomcast1 peer"}
+STEP_SECONDS=${FANOUT_STEP_SECONDS:-8}
+BUDGET=${FANOUT_BUDGET_SECONDS:-1500}   # no new step starts once this many seconds have passed
 MAX_P99=50
 RAMP=2
 DRAIN=3
-PERSIST_MESSAGES=${FANOUT_PERSIST_MESSAGES:-2000}
 
-bench_init fanout
+bench_init "$SCENARIO"
 LOADGEN=$(need_bin loadgen)
-PERSIST_BENCH=$(need_bin persist-bench)
 ulimit -n "$(ulimit -Hn)"
 machine_line | tee "$RUN_DIR/machine.txt" >&2
 
@@ -80,7 +87,7 @@ run_step() {
   rm -f "$json"
   "$LOADGEN" --target "$targets" --mode "$mode" --connections "$CONNECTIONS" --rooms "$ROOMS" \
     --rate "$rate" --duration "$STEP_SECONDS" --ramp-up "$RAMP" --drain "$DRAIN" \
-    --max-p99 "$STEP_MAX_P99" --quiet --json "$json" >"$out" 2>&1 &
+    --silence 5 --max-wait 30 --max-p99 "$STEP_MAX_P99" --quiet --json "$json" >"$out" 2>&1 &
   local lg=$! limit=$((SECONDS + RAMP + STEP_SECONDS + DRAIN + 60))
   # CPU per process over the middle of the publishing window: from 2 s after every
   # client is connected, for STEP_SECONDS - 4 s.
@@ -145,13 +152,11 @@ EOF
 }
 
 # step_system SYSTEM MODE FROM_RATE RATES: the rates in order (from FROM_RATE on), until the
-# first failure, whose rate is left in FAILED_RATE. Before each step it calls
-# setup_SYSTEM (which sets STEP_TARGETS, STEP_PORTS, STEP_GROUPS) and after it
-# teardown_SYSTEM, when those functions exist; otherwise STEP_* stay as the caller set them.
+# first failure, whose rate is left in FAILED_RATE, against the system the caller started
+# (STEP_TARGETS, STEP_PORTS, STEP_GROUPS).
 step_system() {
   local system=$1 mode=$2 from=$3 rates=$4 rate ok
   local est=$((RAMP + STEP_SECONDS + DRAIN + 6))
-  declare -F "setup_${system//-/_}" >/dev/null && est=$((est + 8))
   FAILED_RATE=""
   for rate in $rates; do
     if python3 -c "import sys; sys.exit(0 if float('$rate') < float('$from') else 1)"; then continue; fi
@@ -160,10 +165,8 @@ step_system() {
       printf '%s\t%s\tBUDGET\t0\t0\t0\t0\t0\t0\tnot run: time budget\t-\t-\t-\t-\n' "$system" "$rate" >>"$STEPS"
       return 0
     fi
-    if declare -F "setup_${system//-/_}" >/dev/null; then "setup_${system//-/_}" "$rate"; fi
     ok=1
     run_step "$system" "$mode" "$STEP_TARGETS" "$rate" "$STEP_PORTS" "$STEP_GROUPS" || ok=0
-    if declare -F "teardown_${system//-/_}" >/dev/null; then "teardown_${system//-/_}" "$rate"; fi
     if ((!ok)); then
       FAILED_RATE=$rate
       return 0
@@ -171,46 +174,29 @@ step_system() {
   done
 }
 
-# The distributed stack is started fresh for every step (new Redis, new secantusd, new
-# persister, 2 x fanout + gateway): each step's 1,000 joins then read empty rooms, as the
-# peer's do. On a reused stack the store's history and max_seq reads for 1,000 joins grow
-# with each step's messages, and by the second step they time out (BENCHMARKS.md).
-setup_roomcast() {
-  STACK_TAG="${2:-roomcast}-r$1-"
+# The distributed stack is started once per system, like the others, and its steps run
+# one after another on it. Each step's clients join rooms that hold the earlier steps'
+# messages: a room's first join on a gateway reads the store once, the rest come from
+# the room's tail in memory.
+start_roomcast() {
+  STACK_TAG="$1-"
   start_stack 2
   STEP_TARGETS=$GATEWAY_URLS
   STEP_PORTS="${GATEWAY_PORTS[*]}"
   STEP_GROUPS="gw:$(IFS=,; echo "${GATEWAY_PIDS[*]}") fo:$(IFS=,; echo "${FANOUT_PIDS[*]}") pers:$PERSISTER_PID redis:$REDIS_PID mongo:$MONGO_PID"
   STEP_METRICS="gateway-0:${GATEWAY_METRICS_PORTS[0]} gateway-1:${GATEWAY_METRICS_PORTS[1]} fanout-0:${FANOUT_METRICS_PORTS[0]} persister:$PERSISTER_METRICS"
 }
-teardown_roomcast() {
-  STEP_METRICS=""
-  stop_stack
-}
-setup_roomcast_nop99() { setup_roomcast "$1" nop99; }
-teardown_roomcast_nop99() { teardown_roomcast "$@"; }
 
 HEADLINE_ROOMCAST_FAILED=""
 for system in $SYSTEMS; do
   case $system in
     roomcast)
-      log "== roomcast: the store first (persist-bench, $PERSIST_MESSAGES messages, 64 writers, on its own fresh store)"
-      start_mongo secantusd-pb
-      start_persister persister-pb
-      before=$(cpu_snapshot "secantusd:$MONGO_PID persister:$PERSISTER_PID")
-      t0=$EPOCHREALTIME
-      if timeout -k 5 150 "$PERSIST_BENCH" --persister "$PERSISTER_URL" --mongodb "$MONGO_URI" \
-          --messages "$PERSIST_MESSAGES" --writers 64 >"$RUN_DIR/persist-bench.json" 2>"$RUN_DIR/logs/persist-bench.log"; then
-        after=$(cpu_snapshot "secantusd:$MONGO_PID persister:$PERSISTER_PID")
-        log "store: $(cat "$RUN_DIR/persist-bench.json")  cpu over both phases: $(cpu_percent "$before" "$after" "$(python3 -c "print($EPOCHREALTIME - $t0)")")"
-      else
-        log "persist-bench failed or timed out: $(tail -3 "$RUN_DIR/logs/persist-bench.log" | tr '\n' ' ')"
-      fi
-      bg_stop "$PERSISTER_PID" "$MONGO_PID"
-      unset PERSISTER_PID MONGO_PID
-      log "== roomcast: 2 gateways + 2 fanouts + persister (fresh per step), loadgen --mode ws -> both gateways"
+      start_roomcast roomcast
+      log "== roomcast: 2 gateways + 2 fanouts + persister, loadgen --mode ws -> both gateways"
       step_system roomcast ws 0 "$RATES"
       HEADLINE_ROOMCAST_FAILED=$FAILED_RATE
+      STEP_METRICS=""
+      stop_stack
       ;;
     roomcast-nop99)
       # A second figure, not the headline: how far the distributed stack goes without loss
@@ -218,7 +204,10 @@ for system in $SYSTEMS; do
       # shows the store's throughput cap apart from its latency.
       log "== roomcast-nop99: the loss-free sweep (p99 not limited) from ${HEADLINE_ROOMCAST_FAILED:-the first rate}"
       STEP_MAX_P99=600000
+      start_roomcast nop99
       step_system roomcast-nop99 ws "${HEADLINE_ROOMCAST_FAILED:-0}" "$NOP99_RATES"
+      STEP_METRICS=""
+      stop_stack
       STEP_MAX_P99=$MAX_P99
       ;;
     peer)
@@ -257,7 +246,7 @@ for system in $SYSTEMS; do
   esac
 done
 
-python3 "$BENCH_DIR/summarize.py" fanout "$RUN_DIR" | tee "$RUN_DIR/summary.txt"
+python3 "$BENCH_DIR/summarize.py" fanout "$RUN_DIR" "$SCENARIO" | tee "$RUN_DIR/summary.txt"
 if compgen -G "$RUN_DIR/metrics/*-r*.prom" >/dev/null; then
   for f in "$RUN_DIR"/metrics/*-roomcast*-r*.prom "$RUN_DIR"/metrics/roomcast1-roomcast1-r*.prom; do
     [[ -e $f ]] || continue

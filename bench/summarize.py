@@ -25,7 +25,47 @@ FANOUT_LABELS = {
 }
 
 
-def fanout(run_dir):
+# Which CPU groups of steps.tsv are the system's own processes, and which are servers it
+# needs (Redis, the MongoDB stand-in); loadgen ("lg") is never counted.
+OWN_GROUPS = {"gw", "fo", "pers", "roomcast", "ceiling", "node"}
+SERVICE_GROUPS = {"redis", "mongo"}
+
+
+def cpu_groups(cpu):
+    """'gw:31% fo:7%' -> {'gw': 0.31, 'fo': 0.07} (cores)."""
+    out = {}
+    for part in cpu.split():
+        name, _, pct = part.partition(":")
+        if pct.endswith("%"):
+            out[name] = float(pct[:-1]) / 100
+    return out
+
+
+def cpu_table(rows, systems):
+    """CPU ms per 1,000 deliveries, per system and passing rate: own processes, and with Redis/store."""
+    out = ["\n### CPU per 1,000 deliveries (ms of CPU; own = the system's processes, all = with Redis and the store; loadgen excluded)\n"]
+    rates = sorted({float(r["rate"]) for r in rows if r["pass"] == "PASS"})
+    out.append("| msgs/s | " + " | ".join(f"{s} own / all" for s in systems) + " |")
+    out.append("|---:|" + "---:|" * len(systems))
+    table = {}
+    for rate in rates:
+        cells = []
+        for system in systems:
+            row = next((r for r in rows if r["system"] == system and float(r["rate"]) == rate and r["pass"] == "PASS"), None)
+            groups = cpu_groups(row["cpu"]) if row else {}
+            dps = float(row["deliveries_per_s"]) if row else 0
+            if not groups or dps <= 0:
+                cells.append("-")
+                continue
+            own = sum(v for k, v in groups.items() if k in OWN_GROUPS) * 1e6 / dps
+            total = sum(v for k, v in groups.items() if k in OWN_GROUPS | SERVICE_GROUPS) * 1e6 / dps
+            table.setdefault(system, {})[rate] = {"own_ms": round(own, 2), "all_ms": round(total, 2)}
+            cells.append(f"{own:.1f} / {total:.1f}")
+        out.append(f"| {rate:.0f} | " + " | ".join(cells) + " |")
+    return out, table
+
+
+def fanout(run_dir, scenario="rooms"):
     rows = list(csv.DictReader(open(os.path.join(run_dir, "steps.tsv")), delimiter="\t"))
     systems = []
     for row in rows:
@@ -72,10 +112,14 @@ def fanout(run_dir):
         if a in summary["systems"] and b in summary["systems"] and get(b) > 0:
             ratios[f"{a}/{b}"] = round(get(a) / get(b), 3)
     summary["ratios"] = ratios
+    summary["scenario"] = scenario
     if ratios:
         out.append("\n| ratio | value |\n|---|---:|")
         for k, v in ratios.items():
             out.append(f"| {k} | {v:.2f} |")
+    lines, table = cpu_table(rows, systems)
+    summary["cpu_ms_per_1k_deliveries"] = table
+    out.extend(lines)
     if "store" in summary:
         st = summary["store"]
         out.append(f"\nStore (persist-bench against the same persister and secantusd, {st.get('messages')} messages, "
@@ -162,7 +206,7 @@ def metrics(paths):
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "fanout":
-        fanout(sys.argv[2])
+        fanout(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "rooms")
     elif len(sys.argv) == 4 and sys.argv[1] == "delta":
         delta(sys.argv[2], sys.argv[3])
     elif len(sys.argv) >= 3 and sys.argv[1] == "metrics":

@@ -432,6 +432,10 @@ def gateway() -> dict:
                      [(srate("roomcast_gateway_slow_consumer_disconnects_total", "pod"), "{{pod}}")], unit="reqps"))
     b.add(timeseries("Gap fills by result", "Sequence gaps repaired from the persister: filled, sealed, error.",
                      [(srate("roomcast_gateway_gap_fills_total", "result"), "{{result}}")], unit="reqps", stack=True))
+    b.add(timeseries("Joins by source", "Joins answered from a room's in-memory tail, or by reading the store.",
+                     [(srate("roomcast_gateway_joins_total", "source"), "{{source}}")], unit="reqps", stack=True))
+    b.add(timeseries("Room store reads by reason", "Store queries rooms make: first loads, joins older than the tail, gap fills, catch-ups.",
+                     [(srate("roomcast_gateway_store_reads_total", "reason"), "{{reason}}")], unit="reqps", stack=True))
 
     b.row("Upstream gRPC (fanout, persister)")
     b.add(timeseries("Calls by upstream and method", "gRPC calls per second (from the latency histogram's count).",

@@ -1,8 +1,9 @@
 //! Groups single writes into batches, by group commit: a batch is taken from the queue
 //! when a write slot is free, so a message waits for nothing when the store is idle, and
 //! messages that arrive while `max_in_flight` batches are being written form the next
-//! batch. Batches grow with load and the store sees fewer, larger writes. `linger`
-//! optionally holds a batch a little longer for company. Every caller is answered only
+//! batch. Batches grow with load and the store sees fewer, larger writes. Under load
+//! (writes were already waiting when the slot freed) a batch also waits up to `linger`
+//! for company; an idle store never waits. Every caller is answered only
 //! after its batch commits. The queue is bounded: when it is full, writes fail at once
 //! instead of piling up.
 
@@ -18,7 +19,8 @@ use crate::store::{Store, StoreError, WriteOutcome};
 pub struct BatcherConfig {
     /// Most messages in one batch.
     pub max_batch: usize,
-    /// How long a batch that is not full may wait for company once a slot is free.
+    /// How long a batch that is not full may wait for company, when writes were already
+    /// waiting as its slot freed (under load; never when the store was idle).
     pub linger: Duration,
     /// Most messages waiting for a batch.
     pub queue_capacity: usize,
@@ -83,6 +85,7 @@ async fn run(store: Arc<dyn Store>, config: BatcherConfig, mut rx: mpsc::Receive
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
+        let busy = !rx.is_empty();
         let Some(first) = rx.recv().await else {
             return;
         };
@@ -94,7 +97,7 @@ async fn run(store: Arc<dyn Store>, config: BatcherConfig, mut rx: mpsc::Receive
             }
         }
         let deadline = tokio::time::Instant::now() + config.linger;
-        while batch.len() < config.max_batch && !config.linger.is_zero() {
+        while busy && batch.len() < config.max_batch && !config.linger.is_zero() {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(job)) => batch.push(job),
                 Ok(None) | Err(_) => break,

@@ -28,8 +28,8 @@ struct Args {
     /// Most messages in one insert_many.
     #[arg(long, env = "ROOMCAST_BATCH_SIZE", default_value_t = 256)]
     batch_size: usize,
-    /// How long a batch waits for more messages once it could be written, in milliseconds
-    /// (0: batches form only while earlier ones are being written).
+    /// Under load (writes already waiting when a batch could be written), how long the
+    /// batch waits for more, in milliseconds; an idle store never waits.
     #[arg(long, env = "ROOMCAST_BATCH_LINGER_MS", default_value_t = 0)]
     batch_linger_ms: u64,
     /// Batches written at once; the messages that arrive meanwhile form the next batch.
