@@ -218,10 +218,7 @@ for system in $SYSTEMS; do
       stop_peers
       ;;
     ceiling)
-      free_port CEILING_PORT
-      bg_start ceiling "$(need_bin ceiling)" --listen "127.0.0.1:$CEILING_PORT"
-      CEILING_PID=$LAST_PID
-      wait_port "$CEILING_PID" ceiling "$CEILING_PORT"
+      start_ceiling
       STEP_TARGETS="http://127.0.0.1:$CEILING_PORT" STEP_PORTS=$CEILING_PORT STEP_GROUPS="ceiling:$CEILING_PID"
       log "== ceiling: one tokio-tungstenite broadcast process, loadgen --mode ws -> :$CEILING_PORT"
       step_system ceiling ws 0 "$RATES"

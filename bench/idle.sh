@@ -133,10 +133,7 @@ for system in $SYSTEMS; do
     ceiling)
       # A reference, not a contender: the minimal tokio-tungstenite server of fanout.sh
       # (default WebSocketConfig, no rooms beyond a list, no history).
-      free_port CEILING_PORT
-      bg_start ceiling "$(need_bin ceiling)" --listen "127.0.0.1:$CEILING_PORT"
-      CEILING_PID=$LAST_PID
-      wait_port "$CEILING_PID" ceiling "$CEILING_PORT"
+      start_ceiling
       hold ceiling "$CEILING_PID" "$CEILING_PORT" "http://127.0.0.1:$CEILING_PORT" ws "$RAMP"
       bg_stop "$CEILING_PID"
       ;;

@@ -131,10 +131,7 @@ for system in $SYSTEMS; do
       stop_peers
       ;;
     ceiling)
-      free_port CEILING_PORT
-      bg_start ceiling "$(need_bin ceiling)" --listen "127.0.0.1:$CEILING_PORT"
-      CEILING_PID=$LAST_PID
-      wait_port "$CEILING_PID" ceiling "$CEILING_PORT"
+      start_ceiling
       storm ceiling ws "http://127.0.0.1:$CEILING_PORT" 0
       bg_stop "$CEILING_PID"
       ;;

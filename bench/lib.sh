@@ -290,6 +290,14 @@ stop_peers() {
   unset REDIS_PID REDIS_URL
 }
 
+# start_ceiling: bench's minimal broadcast server. Sets CEILING_PORT, CEILING_PID.
+start_ceiling() {
+  free_port CEILING_PORT
+  bg_start ceiling "$(need_bin ceiling)" --listen "127.0.0.1:$CEILING_PORT"
+  CEILING_PID=$LAST_PID
+  wait_port "$CEILING_PID" ceiling "$CEILING_PORT"
+}
+
 # rss_kib PID -> VmRSS in KiB.
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 

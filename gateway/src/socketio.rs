@@ -130,6 +130,21 @@ struct SendJob {
     after: After,
 }
 
+impl SendJob {
+    /// A send received now.
+    fn new(
+        room: String,
+        user: String,
+        text: String,
+        client_id: String,
+        ack: AckSender,
+        style: Style,
+        after: After,
+    ) -> Self {
+        SendJob { received: tokio::time::Instant::now(), room, user, text, client_id, ack, style, after }
+    }
+}
+
 /// What a stored send is answered with.
 enum After {
     /// The ack: the stored message's seq, id and ts.
@@ -209,7 +224,8 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
             let n = c.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // The socket id marks the sender's own messages, which `room_message` skips.
             let client_id = format!("sio:{}:{n}", s.id);
-            queue_send(&c, payload.room_id, username, payload.message, client_id, ack, Style::Original, After::Ack);
+            let (room, text) = (payload.room_id, payload.message);
+            queue_send(&c, SendJob::new(room, username, text, client_id, ack, Style::Original, After::Ack));
         })
     });
     let c = conn.clone();
@@ -239,7 +255,8 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
             let entry = json!({"roomId": room, "roomName": name}).to_string();
             let client_id = format!("create:{room}");
             let after = After::JoinCreated { room, previous };
-            queue_send(&c, DIRECTORY.to_owned(), "system".to_owned(), entry, client_id, ack, Style::Original, after);
+            let system = "system".to_owned();
+            queue_send(&c, SendJob::new(DIRECTORY.to_owned(), system, entry, client_id, ack, Style::Original, after));
         })
     });
     let c = conn.clone();
@@ -292,7 +309,7 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
                 );
                 return ack_error(ack, refusal, Some(&client_id));
             }
-            queue_send(&c, args.room, user, args.text, client_id, ack, Style::Roomcast, After::Ack);
+            queue_send(&c, SendJob::new(args.room, user, args.text, client_id, ack, Style::Roomcast, After::Ack));
         })
     });
     let c = conn.clone();
@@ -460,34 +477,16 @@ fn leave(conn: &Conn, room: &str) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn queue_send(
-    conn: &Conn,
-    room: String,
-    user: String,
-    text: String,
-    client_id: String,
-    ack: AckSender,
-    style: Style,
-    after: After,
-) {
+/// Checks a send and queues it on the connection's ordered send queue.
+fn queue_send(conn: &Conn, job: SendJob) {
     metrics::counter!("roomcast_gateway_frames_received_total", "protocol" => PROTOCOL).increment(1);
-    let checks = if room == DIRECTORY { Ok(()) } else { conn.core.limits.check_room(&room) }
-        .and_then(|()| conn.core.limits.check_user(&user))
-        .and_then(|()| conn.core.limits.check_text(&text));
+    let checks = if job.room == DIRECTORY { Ok(()) } else { conn.core.limits.check_room(&job.room) }
+        .and_then(|()| conn.core.limits.check_user(&job.user))
+        .and_then(|()| conn.core.limits.check_text(&job.text));
     if let Err(refusal) = checks {
-        return ack_error(ack, refusal, Some(&client_id));
+        return ack_error(job.ack, refusal, Some(&job.client_id));
     }
-    if let Err(mpsc::error::TrySendError::Full(job)) = conn.sends.try_send(SendJob {
-        received: tokio::time::Instant::now(),
-        room,
-        user,
-        text,
-        client_id,
-        ack,
-        style,
-        after,
-    }) {
+    if let Err(mpsc::error::TrySendError::Full(job)) = conn.sends.try_send(job) {
         let refusal = Refusal::new(
             "overloaded",
             "overloaded",
