@@ -18,7 +18,7 @@ use socketioxide::extract::{AckSender, Data, SocketRef};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 use socketioxide::SocketIo;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::admission::{Admitted, Offer, Rejection, Slot};
@@ -34,6 +34,8 @@ use crate::Core;
 pub const DIRECTORY: &str = "~rooms";
 const PROTOCOL: &str = "socketio";
 const SEND_QUEUE: usize = 32;
+/// How long a join waits for its socket to count as connected.
+const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Registers the namespace and the room directory.
 pub fn install(io: &SocketIo, core: Arc<Core>) {
@@ -49,6 +51,9 @@ pub fn install(io: &SocketIo, core: Arc<Core>) {
         Ok(())
     };
     let connected = async move |socket: SocketRef| {
+        if let Some(conn) = socket.extensions.get::<Arc<Conn>>() {
+            conn.connected.send_replace(true);
+        }
         let _ = socket.emit("room", &snapshot.snapshot());
     };
     io.ns("/", connected.with(register));
@@ -98,6 +103,9 @@ struct Conn {
     rooms: Mutex<HashMap<String, Style>>,
     sends: mpsc::Sender<SendJob>,
     sent: std::sync::atomic::AtomicU64,
+    /// Set once socketioxide counts the socket as connected (it sends the connect packet
+    /// first, and until then emits to the socket fail).
+    connected: watch::Sender<bool>,
 }
 
 impl Conn {
@@ -169,6 +177,7 @@ fn on_connect(socket: SocketRef, admitted: Admitted, core: Arc<Core>) {
         rooms: Mutex::new(HashMap::new()),
         sends,
         sent: std::sync::atomic::AtomicU64::new(0),
+        connected: watch::Sender::new(false),
     });
     tokio::spawn(send_loop(core.clone(), socket.clone(), jobs));
     socket.extensions.insert(conn.clone());
@@ -437,6 +446,18 @@ pub(crate) struct HistoryArgs {
 }
 
 fn join(conn: &Arc<Conn>, socket: &SocketRef, room: String, since: Option<u64>, style: Style, ack: Option<AckSender>) {
+    if !*conn.connected.borrow() {
+        // A client that joins as soon as it gets the connect packet can be here before the
+        // socket counts as connected, and a room that answers from memory would emit into
+        // the void: the join waits until it is connected.
+        let (conn, socket, mut connected) = (conn.clone(), socket.clone(), conn.connected.subscribe());
+        tokio::spawn(async move {
+            if tokio::time::timeout(CONNECT_WAIT, crate::wait_until(&mut connected, |c| *c)).await.is_ok() {
+                join(&conn, &socket, room, since, style, ack);
+            }
+        });
+        return;
+    }
     if let Err(refusal) = conn.core.limits.check_room(&room) {
         return match ack {
             Some(ack) => ack_error(ack, refusal, None),
