@@ -14,6 +14,12 @@ echo "== deploy/ and terraform/ (offline checks)"
 bash scripts/check-deploy.sh
 echo "== cargo deny (licenses, bans, sources; offline)"
 bash scripts/check-deny.sh
+echo "== rustfmt and clippy"
+for tool in fmt clippy; do
+  cargo "$tool" --version >/dev/null 2>&1 || { echo "cargo $tool is missing: rustup component add ${tool/fmt/rustfmt}" >&2; exit 1; }
+done
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --bins --locked
 echo "== cargo test"

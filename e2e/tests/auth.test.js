@@ -231,9 +231,11 @@ test('tokens, rooms claims and origins (--auth-required)', async (t) => {
     erin.emit('join_room', 'team-green');
     assert.equal((await teamJoined)[0], 'team-green');
 
-    // A refused room is not joined: sending to it is not_joined.
+    // Sending to a room the claim does not grant is forbidden_room, on every front door
+    // (docs/PROTOCOL.md, "Where /ws and Socket.IO used to disagree"), with its client_id.
     const send = await ack(erin, 'send', { room: 'admin', text: 'x', client_id: 'e1' });
-    assert.equal(send.error?.code, 'not_joined');
+    assert.equal(send.error?.code, 'forbidden_room', `send admin: ${JSON.stringify(send)}`);
+    assert.equal(send.client_id, 'e1');
     // The original send_message is held to the claim too, and needs a join_room first.
     const original = await ack(erin, 'send_message', { roomId: 'admin', message: 'sneaky', username: 'erin' });
     assert.equal(original.error?.code, 'forbidden_room', `send_message admin: ${JSON.stringify(original)}`);
@@ -356,6 +358,14 @@ test('events over --frames-per-second are refused with rate_limited', async (t) 
     assert.ok(rita.connected, 'still connected');
     assert.equal(rita.id, id, 'the same session, not a reconnect');
     assert.deepEqual(disconnects, []);
+
+    // A send refused as rate_limited is answered with its client_id, so the client knows
+    // which one to resend; every send gets exactly one answer.
+    const burst = await Promise.all(
+      Array.from({ length: 6 }, (_, n) => ack(rita, 'send', { room: 'rate', text: `burst ${n}`, client_id: `rb${n}` })),
+    );
+    assert.deepEqual(burst.map((a) => a.client_id), ['rb0', 'rb1', 'rb2', 'rb3', 'rb4', 'rb5'], JSON.stringify(burst));
+    assert.ok(burst.some((a) => a.error?.code === 'rate_limited'), `some are rate_limited: ${JSON.stringify(burst)}`);
   });
 
   await t.test('/ws: error frames carry rate_limited, and the connection carries on', async () => {
@@ -377,5 +387,19 @@ test('events over --frames-per-second are refused with rate_limited', async (t) 
     });
     assert.deepEqual(answer, { type: 'history', room: 'rate-ws', messages: [] });
     assert.equal(sam.ws.readyState, WebSocket.OPEN);
+
+    // Refused sends carry their client_id, rate_limited included: one answer per send.
+    await unlimited(async () => {
+      sam.frames.length = 0;
+      sam.send({ type: 'join', room: 'rate-ws' });
+      await until(() => sam.frames.length === 1, 'an answer to join');
+      return sam.frames[0].type === 'joined' ? sam.frames[0] : { error: { code: sam.frames[0].code } };
+    });
+    sam.frames.length = 0;
+    for (let n = 0; n < 6; n++) sam.send({ type: 'send', room: 'rate-ws', text: `burst ${n}`, client_id: `sb${n}` });
+    await until(() => sam.frames.filter((f) => f.type === 'ack' || f.type === 'error').length === 6, '6 answers');
+    const answers = sam.frames.filter((f) => f.type === 'ack' || f.type === 'error');
+    assert.deepEqual(answers.map((f) => f.client_id).sort(), ['sb0', 'sb1', 'sb2', 'sb3', 'sb4', 'sb5'], JSON.stringify(answers));
+    assert.ok(answers.some((f) => f.code === 'rate_limited'), `some are rate_limited: ${JSON.stringify(answers)}`);
   });
 });

@@ -1,14 +1,14 @@
 //! The gateway's view of a remote `fanout`: a [`Broker`] over gRPC.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use roomcast_proto::dial;
 use roomcast_proto::fanout_client::FanoutClient as Grpc;
 use roomcast_proto::{ChatMessage, NextSeqRequest, SeedRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::broker::{Broker, BrokerError, Link, LINK_CAPACITY};
 
@@ -22,35 +22,22 @@ pub struct FanoutClient {
 impl FanoutClient {
     /// Prepares a lazy connection to `url` (e.g. `http://127.0.0.1:50051`).
     pub fn new(url: &str) -> anyhow::Result<Self> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|err| anyhow::anyhow!("invalid fanout URL {url:?}: {err}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        Ok(Self { grpc: Grpc::new(endpoint.connect_lazy()) })
+        Ok(Self { grpc: Grpc::new(dial::channel(url, "fanout").map_err(anyhow::Error::msg)?) })
     }
 }
 
-/// Runs one upstream call with a deadline, timing it and counting its errors.
-async fn call<T, F>(method: &'static str, fut: F) -> Result<T, BrokerError>
-where
-    F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    let started = Instant::now();
-    let result = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-        Ok(Ok(reply)) => Ok(reply.into_inner()),
-        Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => Err(BrokerError::Timeout),
-        Ok(Err(status)) => Err(BrokerError::Unavailable(format!("fanout {method}: {}", status.message()))),
-        Err(_) => Err(BrokerError::Timeout),
-    };
-    metrics::histogram!("roomcast_gateway_upstream_request_duration_seconds", "upstream" => "fanout", "method" => method)
-        .record(started.elapsed());
-    if result.is_err() {
-        metrics::counter!("roomcast_gateway_upstream_errors_total", "upstream" => "fanout", "method" => method)
-            .increment(1);
+fn from_status(method: &str, status: tonic::Status) -> BrokerError {
+    match status.code() {
+        tonic::Code::DeadlineExceeded => BrokerError::Timeout,
+        _ => BrokerError::Unavailable(format!("fanout {method}: {}", status.message())),
     }
-    result
+}
+
+async fn call<T>(
+    method: &'static str,
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, BrokerError> {
+    dial::call(CALL_TIMEOUT, fut).await.map_err(|status| from_status(method, status))
 }
 
 #[async_trait]
@@ -87,8 +74,6 @@ impl Broker for FanoutClient {
                     Ok(None) => return,
                     Err(status) => {
                         tracing::warn!(%status, "fanout subscription stream ended");
-                        metrics::counter!("roomcast_gateway_upstream_errors_total", "upstream" => "fanout", "method" => "subscribe")
-                            .increment(1);
                         return;
                     }
                 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use fanout::{FanoutService, RedisBroker};
 use roomcast_proto::fanout_server::FanoutServer;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 #[derive(Parser)]
@@ -24,6 +24,9 @@ struct Args {
     redis: String,
 }
 
+/// Not ready while Redis does not answer.
+const REDIS_DOWN: &str = "redis unreachable";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -31,29 +34,26 @@ async fn main() -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics("fanout")?;
     fanout::metrics::describe();
     let broker = RedisBroker::open(&args.redis)?;
-    let (stop_tx, stop) = watch::channel(false);
-
-    let ready = telemetry::Readiness::default();
+    let stop = CancellationToken::new();
+    let ready = telemetry::Readiness::new("roomcast_fanout_ready", &[REDIS_DOWN]);
     let admin = telemetry::bind(args.metrics_listen, "metrics").await?;
     tokio::spawn(telemetry::serve_admin(admin, metrics, ready.clone(), stop.clone()));
     let probe = broker.clone();
-    tokio::spawn(async move {
+    tokio::spawn(stop.clone().run_until_cancelled_owned(async move {
         loop {
-            ready.set(probe.is_up().await);
+            ready.set(REDIS_DOWN, !probe.is_up().await);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    });
+    }));
 
     let listener = telemetry::bind(args.listen, "gRPC").await?;
     tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, "fanout serving");
-    let mut stopped = stop.clone();
     tonic::transport::Server::builder()
         .add_service(FanoutServer::new(FanoutService::new(Arc::new(broker))))
         // Without TCP_NODELAY, Nagle holds small replies for the peer's delayed ACK (~40 ms per hop).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             telemetry::terminated().await;
-            let _ = stop_tx.send(true);
-            let _ = stopped.changed().await;
+            stop.cancel();
         })
         .await?;
     tracing::info!("fanout stopped");

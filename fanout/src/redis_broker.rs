@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use backoff::BackoffBuilder;
 use futures::StreamExt;
 use prost::Message as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
@@ -167,22 +168,27 @@ impl Broker for RedisBroker {
 /// Owns the pub/sub connection for the broker's lifetime, reconnecting forever.
 async fn subscriber(client: redis::Client, shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
     let mut connected_before = false;
+    let mut delays = backoff::reconnect().build();
     loop {
         let pubsub = match client.get_async_pubsub().await {
             Ok(pubsub) => pubsub,
             Err(err) => {
                 metrics::gauge!("roomcast_fanout_redis_up").set(0.0);
-                tracing::warn!(%err, "Redis subscriber cannot connect; retrying in 500 ms");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                let delay = delays.next().unwrap_or(Duration::from_secs(2));
+                tracing::warn!(%err, ?delay, "Redis subscriber cannot connect; retrying");
+                tokio::time::sleep(delay).await;
                 continue;
             }
         };
         let (mut sink, mut stream) = pubsub.split();
         let rooms = shared.registry().rooms();
         if let Err(err) = subscribe_all(&mut sink, &rooms).await {
-            tracing::warn!(%err, "Redis resubscribe failed; reconnecting");
+            let delay = delays.next().unwrap_or(Duration::from_secs(2));
+            tracing::warn!(%err, ?delay, "Redis resubscribe failed; reconnecting");
+            tokio::time::sleep(delay).await;
             continue;
         }
+        delays = backoff::reconnect().build();
         metrics::gauge!("roomcast_fanout_redis_up").set(1.0);
         if connected_before {
             metrics::counter!("roomcast_fanout_redis_reconnects_total").increment(1);

@@ -38,13 +38,9 @@ impl Registry {
         emptied
     }
 
-    /// Returns true when `room` had no link before (the first subscriber).
-    pub fn subscribe(&mut self, link: LinkId, room: &str) -> bool {
-        let links = self.rooms.entry(room.to_owned()).or_default();
-        let first = links.is_empty();
-        links.insert(link);
+    pub fn subscribe(&mut self, link: LinkId, room: &str) {
+        self.rooms.entry(room.to_owned()).or_default().insert(link);
         self.update_gauge();
-        first
     }
 
     /// Returns true when `room` has no link left (the last subscriber went).

@@ -3,12 +3,16 @@
 //! IP). An admitted connection holds a [`Slot`] that frees its place when dropped.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use hyper::StatusCode;
-
 use crate::auth::{Auth, Identity, RoomGrant};
+use crate::error::ConnectError;
+use crate::limits::Limits;
+
+/// The client's address, put in every request's extensions by the HTTP server.
+#[derive(Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// Who may connect at all.
 #[derive(Default)]
@@ -19,20 +23,6 @@ pub struct Access {
     pub auth_required: bool,
     /// Browser origins allowed (exact `scheme://host[:port]`); empty allows any.
     pub allowed_origins: Vec<String>,
-}
-
-/// Why a connection was refused: an HTTP status for `/ws`, a connect error for Socket.IO.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rejection {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl Rejection {
-    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
-        Self { status: StatusCode::UNAUTHORIZED, code, message: message.into() }
-    }
 }
 
 /// What the client offers at connect.
@@ -46,7 +36,7 @@ pub struct Offer<'a> {
 
 /// An admitted connection.
 pub struct Admitted {
-    /// None on Socket.IO connections that only listen.
+    /// A valid user name; None on Socket.IO connections that only listen.
     pub user: Option<String>,
     pub rooms: RoomGrant,
     /// True when `user` comes from a verified token.
@@ -56,6 +46,7 @@ pub struct Admitted {
 
 pub struct Admission {
     access: Access,
+    limits: Limits,
     max_connections: usize,
     max_per_ip: usize,
     open: Mutex<Counts>,
@@ -89,13 +80,14 @@ impl Drop for Slot {
 }
 
 impl Admission {
-    /// `0` as a limit means no limit.
-    pub fn new(access: Access, max_connections: usize, max_per_ip: usize) -> Self {
+    /// `0` as a connection limit means no limit.
+    pub fn new(access: Access, limits: Limits) -> Self {
         let unlimited = |n: usize| if n == 0 { usize::MAX } else { n };
         Self {
             access,
-            max_connections: unlimited(max_connections),
-            max_per_ip: unlimited(max_per_ip),
+            max_connections: unlimited(limits.max_connections),
+            max_per_ip: unlimited(limits.max_connections_per_ip),
+            limits,
             open: Mutex::default(),
         }
     }
@@ -104,64 +96,55 @@ impl Admission {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks origin, then token, then room for one more connection.
-    pub fn admit(self: &Arc<Self>, offer: Offer<'_>) -> Result<Admitted, Rejection> {
+    /// Checks origin, then token, then the user name, then room for one more connection.
+    pub fn admit(self: &Arc<Self>, offer: Offer<'_>) -> Result<Admitted, ConnectError> {
         let result = self.check(offer);
-        if let Err(rejection) = &result {
-            metrics::counter!("roomcast_gateway_refused_connections_total", "reason" => rejection.code).increment(1);
+        if let Err(refused) = &result {
+            metrics::counter!("roomcast_gateway_refused_connections_total", "reason" => refused.code()).increment(1);
         }
         result
     }
 
-    fn check(self: &Arc<Self>, offer: Offer<'_>) -> Result<Admitted, Rejection> {
+    fn check(self: &Arc<Self>, offer: Offer<'_>) -> Result<Admitted, ConnectError> {
         if let Some(origin) = offer.origin {
             if !self.access.allowed_origins.is_empty() && !self.access.allowed_origins.iter().any(|o| o == origin) {
-                return Err(Rejection {
-                    status: StatusCode::FORBIDDEN,
-                    code: "origin_not_allowed",
-                    message: format!("origin {origin} is not in this server's allow-list (--allowed-origins)"),
-                });
+                return Err(ConnectError::OriginNotAllowed(origin.to_owned()));
             }
         }
         let identity = match (&self.access.auth, offer.token.filter(|t| !t.is_empty())) {
             (Some(auth), Some(token)) => Some(auth.verify(token)?),
-            (_, None) if self.access.auth_required => {
-                return Err(Rejection::unauthorized(
-                    "token_missing",
-                    "this server requires a token: connect with ?token=JWT (or Socket.IO auth {token})",
-                ))
-            }
+            (_, None) if self.access.auth_required => return Err(ConnectError::TokenMissing),
             _ => None,
         };
         let authenticated = identity.is_some();
         let (user, rooms) = match identity {
-            Some(Identity { user, rooms }) => (Some(user), rooms),
-            None => (offer.user.map(str::to_owned), RoomGrant::default()),
+            Some(Identity { user, rooms }) => {
+                if let Err(err) = self.limits.check_user(&user) {
+                    return Err(ConnectError::TokenInvalid(format!("the token's user is not a usable name: {err}")));
+                }
+                (Some(user), rooms)
+            }
+            None => {
+                let user = offer.user.filter(|u| !u.is_empty());
+                if let Some(Err(err)) = user.map(|u| self.limits.check_user(u)) {
+                    return Err(ConnectError::InvalidUser(format!("?user (or auth {{user}}): {err}")));
+                }
+                (user.map(str::to_owned), RoomGrant::default())
+            }
         };
         let slot = self.take_slot(offer.ip)?;
         Ok(Admitted { user, rooms, authenticated, slot })
     }
 
-    fn take_slot(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, Rejection> {
+    fn take_slot(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, ConnectError> {
         let mut counts = self.counts();
         if counts.total >= self.max_connections {
-            return Err(Rejection {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "server_full",
-                message: format!(
-                    "this gateway holds its maximum of {} connections: retry on another",
-                    self.max_connections
-                ),
-            });
+            return Err(ConnectError::ServerFull(self.max_connections));
         }
         if let Some(ip) = ip {
             let n = counts.per_ip.entry(ip).or_default();
             if *n >= self.max_per_ip {
-                return Err(Rejection {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    code: "too_many_connections",
-                    message: format!("{ip} already has {} connections, the most one address may hold", self.max_per_ip),
-                });
+                return Err(ConnectError::TooManyConnections { ip, max: self.max_per_ip });
             }
             *n += 1;
         }
@@ -180,12 +163,13 @@ mod tests {
 
     #[test]
     fn per_ip_and_total_limits_free_their_place_on_drop() {
-        let admission = Arc::new(Admission::new(Access::default(), 3, 2));
+        let limits = Limits { max_connections: 3, max_connections_per_ip: 2, ..Limits::default() };
+        let admission = Arc::new(Admission::new(Access::default(), limits));
         let a = admission.admit(offer("10.0.0.1")).expect("first");
         let _b = admission.admit(offer("10.0.0.1")).expect("second");
-        assert_eq!(admission.admit(offer("10.0.0.1")).err().map(|r| r.code), Some("too_many_connections"));
+        assert_eq!(admission.admit(offer("10.0.0.1")).err().map(|r| r.code()), Some("too_many_connections"));
         let _c = admission.admit(offer("10.0.0.2")).expect("other ip");
-        assert_eq!(admission.admit(offer("10.0.0.3")).err().map(|r| r.code), Some("server_full"));
+        assert_eq!(admission.admit(offer("10.0.0.3")).err().map(|r| r.code()), Some("server_full"));
         drop(a);
         admission.admit(offer("10.0.0.1")).expect("a place was freed");
     }
@@ -193,10 +177,10 @@ mod tests {
     #[test]
     fn origins_outside_the_list_are_refused() {
         let access = Access { allowed_origins: vec!["https://chat.example".into()], ..Access::default() };
-        let admission = Arc::new(Admission::new(access, 0, 0));
+        let admission = Arc::new(Admission::new(access, Limits::default()));
         let from = |origin| Offer { origin: Some(origin), ..offer("10.0.0.1") };
         assert!(admission.admit(from("https://chat.example")).is_ok());
-        assert_eq!(admission.admit(from("https://evil.example")).err().map(|r| r.code), Some("origin_not_allowed"));
+        assert_eq!(admission.admit(from("https://evil.example")).err().map(|r| r.code()), Some("origin_not_allowed"));
     }
 
     #[test]
@@ -206,7 +190,17 @@ mod tests {
             auth_required: true,
             ..Access::default()
         };
-        let admission = Arc::new(Admission::new(access, 0, 0));
-        assert_eq!(admission.admit(offer("10.0.0.1")).err().map(|r| r.code), Some("token_missing"));
+        let admission = Arc::new(Admission::new(access, Limits::default()));
+        assert_eq!(admission.admit(offer("10.0.0.1")).err().map(|r| r.code()), Some("token_missing"));
+    }
+
+    #[test]
+    fn a_bad_user_name_is_refused_at_connect() {
+        let admission = Arc::new(Admission::new(Access::default(), Limits::default()));
+        let named = |user| Offer { user: Some(user), ..offer("10.0.0.1") };
+        assert_eq!(admission.admit(named("no spaces")).err().map(|r| r.code()), Some("invalid_user"));
+        assert!(admission.admit(named("ada")).is_ok());
+        let listener = admission.admit(Offer { user: None, ..offer("10.0.0.1") }).expect("listen-only");
+        assert!(listener.user.is_none());
     }
 }

@@ -10,7 +10,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::admission::Rejection;
+use crate::error::ConnectError;
 
 /// Verifies tokens with one key.
 pub struct Auth {
@@ -70,20 +70,19 @@ impl Auth {
         Ok(Self { key, validation: validation(Algorithm::RS256) })
     }
 
-    pub fn verify(&self, token: &str) -> Result<Identity, Rejection> {
+    pub fn verify(&self, token: &str) -> Result<Identity, ConnectError> {
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|err| match err.kind() {
-                ErrorKind::ExpiredSignature => {
-                    Rejection::unauthorized("token_expired", "the token has expired: get a new one")
+                ErrorKind::ExpiredSignature => ConnectError::TokenExpired,
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    ConnectError::TokenInvalid("the token's signature does not verify with this server's key".into())
                 }
-                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => Rejection::unauthorized(
-                    "token_invalid",
-                    "the token's signature does not verify with this server's key",
-                ),
-                _ => Rejection::unauthorized("token_invalid", format!("the token cannot be used: {err}")),
+                _ => ConnectError::TokenInvalid(format!("the token cannot be used: {err}")),
             })?;
         let claims = data.claims;
-        let user = claims.sub.or(claims.name).unwrap_or_default();
+        let Some(user) = claims.sub.or(claims.name) else {
+            return Err(ConnectError::TokenInvalid("the token names no user (sub or name)".into()));
+        };
         let patterns = match claims.rooms {
             None => None,
             Some(RoomsClaim::One(p)) => Some(vec![p]),
@@ -93,10 +92,7 @@ impl Auth {
             None => RoomGrant(None),
             Some(ps) => {
                 RoomGrant(Some(ps.iter().map(|p| glob::Pattern::new(p)).collect::<Result<_, _>>().map_err(|err| {
-                    Rejection::unauthorized(
-                        "token_invalid",
-                        format!("the token's rooms claim has a bad pattern: {err}"),
-                    )
+                    ConnectError::TokenInvalid(format!("the token's rooms claim has a bad pattern: {err}"))
                 })?))
             }
         };
@@ -145,14 +141,17 @@ mod tests {
     fn wrong_key_and_expiry_are_refused_with_their_own_code() {
         let token = mint(SECRET, "ada", None, Duration::from_secs(60)).expect("mint");
         let other = Auth::hs256("another-secret-another-secret-00").expect("auth");
-        assert_eq!(other.verify(&token).expect_err("bad signature").code, "token_invalid");
+        assert_eq!(other.verify(&token).expect_err("bad signature").code(), "token_invalid");
         let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
         let claims = Claims { sub: Some("ada".into()), name: None, rooms: None, exp: now - 60 };
         let old =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes()))
                 .expect("encode");
-        assert_eq!(Auth::hs256(SECRET).expect("auth").verify(&old).expect_err("expired").code, "token_expired");
-        assert_eq!(Auth::hs256(SECRET).expect("auth").verify("not.a.jwt").expect_err("garbage").code, "token_invalid");
+        assert_eq!(Auth::hs256(SECRET).expect("auth").verify(&old).expect_err("expired").code(), "token_expired");
+        assert_eq!(
+            Auth::hs256(SECRET).expect("auth").verify("not.a.jwt").expect_err("garbage").code(),
+            "token_invalid"
+        );
     }
 
     #[test]

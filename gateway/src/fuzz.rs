@@ -8,14 +8,29 @@ use proptest::prelude::*;
 use roomcast_proto::ChatMessage;
 use serde_json::Value;
 
+use crate::conn::check_fields;
+use crate::error::ClientError;
 use crate::limits::Limits;
 use crate::protocol::{decode, ClientFrame};
-use crate::socketio::{
+use crate::sio::{
     serialized, CreateRoom, HistoryArgs, JoinArgs, JoinRoomArgs, OriginalMessage, OriginalSend, SendArgs,
 };
 
-/// Every code the decoder may answer with (docs/PROTOCOL.md).
+/// Every code a frame's own content may be refused with (docs/PROTOCOL.md).
 const CODES: &[&str] = &["bad_request", "invalid_room", "too_large"];
+
+/// What the connection core answers a frame before looking at any state: the decoder's
+/// refusal, or that of the fields' checks.
+fn answer(text: &str, limits: &Limits) -> Result<ClientFrame, ClientError> {
+    let frame = decode(text, limits.max_frame_bytes).map_err(|undecoded| undecoded.error)?;
+    match &frame {
+        ClientFrame::Send { room, text, client_id } => check_fields(limits, room, Some(text), client_id.as_deref()),
+        ClientFrame::Join { room, .. } | ClientFrame::Leave { room } | ClientFrame::History { room, .. } => {
+            check_fields(limits, room, None, None)
+        }
+    }?;
+    Ok(frame)
+}
 
 /// JSON values of any shape, a few levels deep.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -79,7 +94,7 @@ fn frame_like() -> impl Strategy<Value = String> {
 /// documented code and a message that says what is wrong.
 fn check_decode(text: &str) {
     let limits = Limits::default();
-    match decode(text, &limits) {
+    match answer(text, &limits) {
         Ok(ClientFrame::Send { room, text, client_id }) => {
             assert!(limits.check_room(&room).is_ok() && limits.check_text(&text).is_ok());
             assert!(client_id.is_none_or(|id| !id.is_empty() && id.len() <= limits.max_client_id_bytes));
@@ -88,8 +103,8 @@ fn check_decode(text: &str) {
             assert!(limits.check_room(&room).is_ok());
         }
         Err(refusal) => {
-            assert!(CODES.contains(&refusal.code), "undocumented code {}", refusal.code);
-            assert!(!refusal.message.is_empty());
+            assert!(CODES.contains(&refusal.code()), "undocumented code {}", refusal.code());
+            assert!(!refusal.to_string().is_empty());
         }
     }
 }
@@ -151,9 +166,9 @@ fn the_seed_corpus_gets_its_recorded_answers() {
     let mut cases = 0;
     for (n, line) in corpus.lines().enumerate().filter(|(_, l)| !l.starts_with('#') && !l.is_empty()) {
         let (expected, frame) = line.split_once('\t').unwrap_or_else(|| panic!("line {}: CODE<TAB>FRAME", n + 1));
-        let got = match decode(frame, &limits) {
+        let got = match answer(frame, &limits) {
             Ok(_) => "ok",
-            Err(refusal) => refusal.code,
+            Err(refusal) => refusal.code(),
         };
         assert_eq!(got, expected, "line {}: {frame}", n + 1);
         check_decode(frame);

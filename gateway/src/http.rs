@@ -13,18 +13,16 @@ use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{body::Incoming, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rand::Rng;
 use socketioxide::service::SocketIoService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::admission::Offer;
-use crate::Core;
+use crate::admission::{Offer, PeerAddr};
+use crate::hub::Hub;
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
 
@@ -33,7 +31,7 @@ type Reply = Response<Full<Bytes>>;
 /// The plain HTTP routes, behind Socket.IO's service (which takes `/socket.io/`).
 #[derive(Clone)]
 pub(crate) struct Router {
-    pub(crate) core: Arc<Core>,
+    pub(crate) hub: Arc<Hub>,
 }
 
 /// Marks a connection as upgraded to `/ws`: its session closes itself with 1012 when
@@ -47,27 +45,17 @@ impl hyper::service::Service<Request<Incoming>> for Router {
     type Future = std::future::Ready<Result<Reply, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        std::future::ready(Ok(route(self.core.clone(), req)))
+        std::future::ready(Ok(route(self.hub.clone(), req)))
     }
 }
-
-/// The client's address, in every request's extensions.
-#[derive(Clone, Copy)]
-pub(crate) struct PeerAddr(pub std::net::SocketAddr);
 
 /// How long a client may take to send a request's head.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a client may take over its TLS handshake.
 const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Accepts connections until `stop` turns true; open connections carry on.
-pub async fn serve(
-    core: Arc<Core>,
-    sio: SocketIoService<Router>,
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Accepts connections until the gateway closes; open connections carry on.
+pub async fn serve(hub: Arc<Hub>, sio: SocketIoService<Router>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -79,10 +67,10 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = crate::wait_until(&mut stop, |stop| *stop) => return,
+            _ = hub.lifecycle.closing.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
-        let draining = core.draining();
+        let draining = hub.lifecycle.drain_moment();
         let sio = sio.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -137,15 +125,15 @@ fn detach_head<B>(req: &mut Request<B>) {
     }
 }
 
-fn route(core: Arc<Core>, req: Request<Incoming>) -> Reply {
+fn route(hub: Arc<Hub>, req: Request<Incoming>) -> Reply {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
-        (&Method::GET, "/readyz") => match core.not_ready_reason() {
+        (&Method::GET, "/readyz") => match hub.ready.not_ready_reason() {
             None => respond(StatusCode::OK, "text/plain", "ready\n"),
             Some(why) => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n")),
         },
-        (&Method::GET, "/ws") => upgrade(core, req),
+        (&Method::GET, "/ws") => upgrade(hub, req),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }
@@ -163,14 +151,8 @@ struct Drainable<S> {
 }
 
 impl<S> Drainable<S> {
-    fn new(io: S, mut draining: watch::Receiver<Option<std::time::Duration>>) -> Self {
-        let cut = Box::pin(async move {
-            crate::wait_until(&mut draining, Option::is_some).await;
-            let window = (*draining.borrow()).unwrap_or_default();
-            let jitter = rand::rng().random_range(0.0..=1.0);
-            tokio::time::sleep(window.mul_f64(jitter)).await;
-        });
-        Self { io, cut: Some(cut), own_close: Arc::new(AtomicBool::new(false)) }
+    fn new(io: S, moment: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self { io, cut: Some(Box::pin(moment)), own_close: Arc::new(AtomicBool::new(false)) }
     }
 }
 
@@ -217,7 +199,7 @@ fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) ->
         .any(|v| v.trim().eq_ignore_ascii_case(token))
 }
 
-fn upgrade(core: Arc<Core>, req: Request<Incoming>) -> Reply {
+fn upgrade(hub: Arc<Hub>, req: Request<Incoming>) -> Reply {
     let query = |name: &str| {
         form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
             .find(|(key, _)| key == name)
@@ -230,15 +212,12 @@ fn upgrade(core: Arc<Core>, req: Request<Incoming>) -> Reply {
         token: token.as_deref(),
         user: user.as_deref(),
     };
-    let admitted = match core.admission.admit(offer) {
+    let admitted = match hub.admission.admit(offer) {
         Ok(admitted) => admitted,
-        Err(rejection) => {
-            return respond(rejection.status, "text/plain", format!("{}: {}\n", rejection.code, rejection.message))
-        }
+        Err(refused) => return respond(refused.status(), "text/plain", format!("{}: {refused}\n", refused.code())),
     };
-    let user = admitted.user.clone().unwrap_or_default();
-    if let Err(refusal) = core.limits.check_user(&user) {
-        return bad_request(format!("a user name is required (?user=NAME, or the token's sub): {}", refusal.message));
+    if admitted.user.is_none() {
+        return bad_request("a user name is required on /ws: connect with ?user=NAME, or a token".into());
     }
     if !header_has(&req, header::UPGRADE, "websocket") || !header_has(&req, header::CONNECTION, "upgrade") {
         return bad_request("/ws needs a WebSocket upgrade request".into());
@@ -249,14 +228,14 @@ fn upgrade(core: Arc<Core>, req: Request<Incoming>) -> Reply {
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
         return bad_request("missing Sec-WebSocket-Key".into());
     };
-    if let Some(why) = core.not_ready_reason() {
+    if let Some(why) = hub.ready.not_ready_reason() {
         return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not accepting connections: {why}\n"));
     }
     if let Some(own_close) = req.extensions().get::<OwnClose>() {
         own_close.0.store(true, Ordering::Relaxed);
     }
     let accept = derive_accept_key(key.as_bytes());
-    let config = ws_config(&core);
+    let config = ws_config(&hub);
     // Only the upgrade is kept, not the request: its head is a slice of hyper's 8 KiB read
     // buffer, which the session would otherwise hold for the connection's life.
     let upgraded = hyper::upgrade::on(req);
@@ -264,7 +243,7 @@ fn upgrade(core: Arc<Core>, req: Request<Incoming>) -> Reply {
         match upgraded.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                crate::session::serve(core, ws, user, admitted).await;
+                crate::ws::serve(hub, ws, admitted).await;
             }
             Err(err) => tracing::debug!(%err, "WebSocket upgrade failed"),
         }
@@ -286,11 +265,11 @@ const WRITE_GATHER: usize = 8 * 1024;
 /// Chat frames are a few hundred bytes; a bigger one is read in several steps. Writes are
 /// gathered up to [`WRITE_GATHER`] bytes, so that the writer's batch of frames goes out in
 /// one or two syscalls rather than one per frame; an idle connection never grows it.
-fn ws_config(core: &Core) -> WebSocketConfig {
+fn ws_config(hub: &Hub) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(WRITE_GATHER)
-        .max_write_buffer_size(core.limits.send_queue_bytes + core.limits.hard_frame_bytes)
-        .max_message_size(Some(core.limits.hard_frame_bytes))
-        .max_frame_size(Some(core.limits.hard_frame_bytes))
+        .max_write_buffer_size(hub.limits.send_queue_bytes + hub.limits.hard_frame_bytes)
+        .max_message_size(Some(hub.limits.hard_frame_bytes))
+        .max_frame_size(Some(hub.limits.hard_frame_bytes))
 }

@@ -2,7 +2,7 @@
 
 use std::num::NonZeroU32;
 
-use crate::protocol::Refusal;
+use crate::error::{ClientError, Malformed};
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -77,48 +77,48 @@ impl Limits {
     }
 
     /// The refusal for a frame over the rate.
-    pub fn rate_refusal(&self) -> Refusal {
-        Refusal::new(
-            "rate_limited",
-            "rate_limited",
-            format!("more than {} frames per second (burst {}): slow down", self.frames_per_second, self.frame_burst),
-        )
+    pub fn rate_limited(&self) -> ClientError {
+        ClientError::RateLimited { rate: self.frames_per_second, burst: self.frame_burst }
     }
 
-    pub fn check_room(&self, room: &str) -> Result<(), Refusal> {
+    pub fn check_room(&self, room: &str) -> Result<(), ClientError> {
         if valid_name(room, self.max_room_chars) {
             Ok(())
         } else {
-            Err(Refusal::new(
-                "invalid_room",
-                "invalid_field",
-                format!("room names are 1 to {} characters of A-Z a-z 0-9 _ . -", self.max_room_chars),
-            ))
+            Err(ClientError::InvalidRoom { max: self.max_room_chars })
         }
     }
 
-    pub fn check_user(&self, user: &str) -> Result<(), Refusal> {
+    pub fn check_user(&self, user: &str) -> Result<(), ClientError> {
         if valid_name(user, self.max_user_chars) {
             Ok(())
         } else {
-            Err(Refusal::new(
-                "invalid_user",
-                "invalid_field",
-                format!("user names are 1 to {} characters of A-Z a-z 0-9 _ . -", self.max_user_chars),
-            ))
+            Err(ClientError::InvalidUser(format!(
+                "user names are 1 to {} characters of A-Z a-z 0-9 _ . -",
+                self.max_user_chars
+            )))
         }
     }
 
-    pub fn check_text(&self, text: &str) -> Result<(), Refusal> {
+    pub fn check_text(&self, text: &str) -> Result<(), ClientError> {
         let chars = text.chars().count();
         if chars == 0 {
-            return Err(Refusal::new("bad_request", "invalid_field", "text must not be empty"));
+            return Err(ClientError::bad_request(Malformed::Field, "text must not be empty"));
         }
         if chars > self.max_text_chars {
-            return Err(Refusal::new(
-                "too_large",
-                "too_large",
-                format!("text is {chars} characters; the limit is {}", self.max_text_chars),
+            return Err(ClientError::TooLarge(format!(
+                "text is {chars} characters; the limit is {}",
+                self.max_text_chars
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn check_client_id(&self, client_id: &str) -> Result<(), ClientError> {
+        if client_id.is_empty() || client_id.len() > self.max_client_id_bytes {
+            return Err(ClientError::bad_request(
+                Malformed::Field,
+                format!("client_id must be 1 to {} bytes", self.max_client_id_bytes),
             ));
         }
         Ok(())

@@ -1,39 +1,42 @@
 //! Keeps this gateway's link to the broker: connects, declares the rooms it has, routes
 //! deliveries to them, and after any reconnect makes every room catch up from the store.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backoff::BackoffBuilder;
 use fanout::Broker;
 use roomcast_proto::{event::Kind, Interest};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use crate::hub::BROKER_DOWN;
 use crate::rooms::Rooms;
 
+/// Runs until `stopped`; readiness says whether the link is up.
 pub async fn keep_link(
     broker: Arc<dyn Broker>,
     rooms: Arc<Rooms>,
     mut interests: mpsc::UnboundedReceiver<Interest>,
-    up: Arc<AtomicBool>,
-    mut shutdown: watch::Receiver<bool>,
+    ready: telemetry::Readiness,
+    stopped: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = backoff::reconnect().build();
     loop {
         let connected = tokio::select! {
             link = broker.connect() => link,
-            _ = crate::wait_until(&mut shutdown, |stop| *stop) => return,
+            _ = stopped.cancelled() => return,
         };
         let mut link = match connected {
             Ok(link) => link,
             Err(err) => {
-                up.store(false, Ordering::Relaxed);
-                tracing::warn!(%err, "cannot reach the broker; retrying in {backoff:?}");
+                ready.set(BROKER_DOWN, true);
+                let delay = delays.next().unwrap_or(Duration::from_secs(2));
+                tracing::warn!(%err, ?delay, "cannot reach the broker; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = crate::wait_until(&mut shutdown, |stop| *stop) => return,
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopped.cancelled() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
@@ -42,8 +45,8 @@ pub async fn keep_link(
         for room in rooms.names() {
             let _ = link.interests.send(Interest { room, subscribe: true }).await;
         }
-        up.store(true, Ordering::Relaxed);
-        backoff = Duration::from_millis(100);
+        ready.set(BROKER_DOWN, false);
+        delays = backoff::reconnect().build();
         tracing::info!("broker link up");
         loop {
             tokio::select! {
@@ -60,10 +63,12 @@ pub async fn keep_link(
                     Some(None) => {}
                     None => break,
                 },
-                _ = crate::wait_until(&mut shutdown, |stop| *stop) => return,
+                _ = stopped.cancelled() => return,
             }
         }
-        up.store(false, Ordering::Relaxed);
+        ready.set(BROKER_DOWN, true);
+        metrics::counter!("roomcast_gateway_upstream_errors_total", "upstream" => "fanout", "method" => "subscribe")
+            .increment(1);
         tracing::warn!("broker link lost; reconnecting");
     }
 }

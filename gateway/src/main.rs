@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use fanout::FanoutClient;
-use gateway::{EdgeArgs, Gateway};
+use gateway::{EdgeArgs, Gateway, Metered};
 use persister::PersisterClient;
 
 #[derive(Parser)]
@@ -39,8 +39,8 @@ async fn main() -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics("gateway")?;
     gateway::describe_metrics();
     let edge = args.edge.load()?;
-    let broker = Arc::new(FanoutClient::new(&args.fanout)?);
-    let archive = Arc::new(PersisterClient::new(&args.persister)?);
+    let broker = Arc::new(Metered::new("fanout", FanoutClient::new(&args.fanout)?));
+    let archive = Arc::new(Metered::new("persister", PersisterClient::new(&args.persister)?));
     tracing::info!(fanout = %args.fanout, persister = %args.persister, metrics = %args.metrics_listen, "gateway starting");
     let gateway = Gateway::start(broker, archive, edge.limits, edge.access);
     gateway.run(args.listen, edge.tls, args.metrics_listen, metrics, Duration::from_secs(args.drain_seconds)).await

@@ -7,17 +7,30 @@ use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge, Histogram, Unit,
 };
 
+use crate::error::{ClientError, ConnectError};
+
 pub struct GatewayMetrics {
     pub send_queue_bytes: Gauge,
     pub slow_consumer_disconnects: Counter,
     pub frames_sent_ws: Counter,
     pub frames_sent_socketio: Counter,
     pub frames_received_ws: Counter,
+    pub frames_received_socketio: Counter,
     pub deliveries: Counter,
     pub delivery_latency: Histogram,
     pub joins_from_memory: Counter,
     pub joins_from_store: Counter,
     pub room_loads: Counter,
+}
+
+impl GatewayMetrics {
+    /// Frames or events received on front door `protocol`.
+    pub fn frames_received(&'static self, protocol: &str) -> &'static Counter {
+        match protocol {
+            "ws" => &self.frames_received_ws,
+            _ => &self.frames_received_socketio,
+        }
+    }
 }
 
 /// Created on first use, which is after `main` installed the recorder.
@@ -27,6 +40,7 @@ pub static METRICS: LazyLock<GatewayMetrics> = LazyLock::new(|| GatewayMetrics {
     frames_sent_ws: counter!("roomcast_gateway_frames_sent_total", "protocol" => "ws"),
     frames_sent_socketio: counter!("roomcast_gateway_frames_sent_total", "protocol" => "socketio"),
     frames_received_ws: counter!("roomcast_gateway_frames_received_total", "protocol" => "ws"),
+    frames_received_socketio: counter!("roomcast_gateway_frames_received_total", "protocol" => "socketio"),
     deliveries: counter!("roomcast_gateway_deliveries_total"),
     delivery_latency: histogram!("roomcast_gateway_delivery_latency_seconds"),
     joins_from_memory: counter!("roomcast_gateway_joins_total", "source" => "memory"),
@@ -99,23 +113,11 @@ pub fn describe() {
     for method in ["write", "history", "resolve", "max_seq"] {
         counter!("roomcast_gateway_upstream_errors_total", "upstream" => "persister", "method" => method).absolute(0);
     }
-    for kind in [
-        "invalid_json",
-        "unknown_type",
-        "invalid_field",
-        "too_large",
-        "binary",
-        "too_many_rooms",
-        "overloaded",
-        "rate_limited",
-        "forbidden_room",
-    ] {
-        counter!("roomcast_gateway_bad_frames_total", "kind" => kind).absolute(0);
+    for kind in ClientError::KINDS {
+        counter!("roomcast_gateway_bad_frames_total", "kind" => *kind).absolute(0);
     }
-    for reason in
-        ["origin_not_allowed", "token_missing", "token_invalid", "token_expired", "server_full", "too_many_connections"]
-    {
-        counter!("roomcast_gateway_refused_connections_total", "reason" => reason).absolute(0);
+    for reason in ConnectError::CODES {
+        counter!("roomcast_gateway_refused_connections_total", "reason" => *reason).absolute(0);
     }
     for protocol in ["ws", "socketio"] {
         for reason in ["client_close", "error", "slow_consumer", "drain", "protocol_error", "silent"] {

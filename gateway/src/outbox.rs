@@ -1,6 +1,6 @@
-//! A connection's outgoing side: a queue bounded in bytes, and the one task that writes
-//! it to the socket. A client that stops reading fills its queue and is closed with
-//! [`SLOW_CONSUMER`], so it never holds up the room.
+//! A `/ws` connection's outgoing side: a queue bounded in bytes, and the one task that
+//! writes it to the socket. A client that stops reading fills its queue and is closed
+//! with [`CloseCode::SlowConsumer`], so it never holds up the room.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -8,17 +8,17 @@ use std::time::Duration;
 
 use futures::SinkExt;
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use crate::error::{ClientError, CloseCode};
 use crate::metrics::METRICS;
 use crate::protocol::{visible, ServerFrame};
-use crate::rooms::Sink;
+use crate::sink::Sink;
+use crate::watch::wait_until;
 use roomcast_proto::ChatMessage;
 
-/// Close code for a client that fell too far behind (documented in docs/PROTOCOL.md).
-pub const SLOW_CONSUMER: u16 = 4001;
 /// Frames written to the socket before one flush.
 const WRITE_BATCH: usize = 64;
 
@@ -56,7 +56,7 @@ impl Outbox {
         let queued = self.queued.fetch_add(len, Ordering::Relaxed) + len;
         if queued > self.limit {
             self.queued.fetch_sub(len, Ordering::Relaxed);
-            if self.close(SLOW_CONSUMER, "slow consumer: send queue full") {
+            if self.close(CloseCode::SlowConsumer) {
                 METRICS.slow_consumer_disconnects.increment(1);
             }
             return false;
@@ -70,19 +70,20 @@ impl Outbox {
     }
 
     /// Asks the writer to close the connection with `code`; true if this call did it.
-    pub fn close(&self, code: u16, reason: &'static str) -> bool {
+    pub fn close(&self, code: CloseCode) -> bool {
         self.closer.send_if_modified(|close| {
             if close.is_some() {
                 return false;
             }
-            *close = Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() });
+            *close = Some(CloseFrame { code: WsCloseCode::from(code.code()), reason: code.reason().into() });
             true
         })
     }
 
     /// The close code asked for, if any.
-    pub fn closing(&self) -> Option<u16> {
-        self.closer.borrow().as_ref().map(|frame| u16::from(frame.code))
+    pub fn closing(&self) -> Option<CloseCode> {
+        let code = self.closer.borrow().as_ref().map(|frame| u16::from(frame.code))?;
+        CloseCode::ALL.into_iter().find(|c| c.code() == code)
     }
 
     pub fn closed(&self) -> watch::Receiver<Option<CloseFrame>> {
@@ -100,9 +101,8 @@ impl Sink for Outbox {
     }
 
     fn unavailable(&self, room: &str, message: &str) {
-        self.push_json(
-            ServerFrame::Error { code: "unavailable", message, client_id: None, room: Some(room) }.to_json(),
-        );
+        let code = ClientError::Unavailable(String::new()).code();
+        self.push_json(ServerFrame::Error { code, message, client_id: None, room: Some(room) }.to_json());
     }
 }
 
@@ -120,11 +120,11 @@ impl Writer {
         loop {
             let first = tokio::select! {
                 biased;
-                _ = crate::wait_until(&mut close, Option::is_some) => break,
+                _ = wait_until(&mut close, Option::is_some) => break,
                 _ = ping.tick() => {
                     let pinged = tokio::select! {
                         biased;
-                        _ = crate::wait_until(&mut close, Option::is_some) => false,
+                        _ = wait_until(&mut close, Option::is_some) => false,
                         sent = sink.send(Message::Ping(Default::default())) => sent.is_ok(),
                     };
                     if !pinged {
@@ -139,7 +139,7 @@ impl Writer {
             };
             let sent = tokio::select! {
                 biased;
-                _ = crate::wait_until(&mut close, Option::is_some) => break,
+                _ = wait_until(&mut close, Option::is_some) => break,
                 sent = write_batch(&mut sink, &mut frames, &queued, first) => sent,
             };
             if !sent {

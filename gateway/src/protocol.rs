@@ -3,7 +3,7 @@
 use roomcast_proto::ChatMessage;
 use serde::{Deserialize, Serialize};
 
-use crate::limits::Limits;
+use crate::error::{ClientError, Malformed};
 
 /// What a client may send.
 #[derive(Debug, Deserialize, PartialEq)]
@@ -17,63 +17,40 @@ pub enum ClientFrame {
 
 const CLIENT_TYPES: &[&str] = &["join", "leave", "send", "history"];
 
-/// Why a client frame was refused; `code` goes to the client, `kind` to the metrics.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    pub code: &'static str,
-    pub kind: &'static str,
-    pub message: String,
+/// A frame that could not be decoded, with the `client_id` it carried, if it got that far.
+#[derive(Debug, PartialEq)]
+pub struct Undecoded {
+    pub error: ClientError,
+    pub client_id: Option<String>,
 }
 
-impl Refusal {
-    pub fn new(code: &'static str, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { code, kind, message: message.into() }
+/// Decodes one text frame; the values in it are checked by the connection core.
+pub fn decode(text: &str, max_frame_bytes: usize) -> Result<ClientFrame, Undecoded> {
+    let refuse = |error, client_id| Undecoded { error, client_id };
+    if text.len() > max_frame_bytes {
+        let message = format!("frame is {} bytes; the limit is {max_frame_bytes}", text.len());
+        return Err(refuse(ClientError::TooLarge(message), None));
     }
-}
-
-/// Decodes and validates one text frame.
-pub fn decode(text: &str, limits: &Limits) -> Result<ClientFrame, Refusal> {
-    if text.len() > limits.max_frame_bytes {
-        return Err(Refusal::new(
-            "too_large",
-            "too_large",
-            format!("frame is {} bytes; the limit is {}", text.len(), limits.max_frame_bytes),
-        ));
-    }
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|err| Refusal::new("bad_request", "invalid_json", format!("frame is not valid JSON: {err}")))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|err| {
+        refuse(ClientError::bad_request(Malformed::Json, format!("frame is not valid JSON: {err}")), None)
+    })?;
+    let client_id = value.get("client_id").and_then(|c| c.as_str()).map(str::to_owned);
     let kind = value.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_owned();
     if !CLIENT_TYPES.contains(&kind.as_str()) {
-        return Err(Refusal::new(
-            "bad_request",
-            "unknown_type",
-            format!("unknown frame type {kind:?}; expected one of {}", CLIENT_TYPES.join(", ")),
-        ));
+        let message = format!("unknown frame type {kind:?}; expected one of {}", CLIENT_TYPES.join(", "));
+        return Err(refuse(ClientError::bad_request(Malformed::UnknownType, message), client_id));
     }
-    let frame: ClientFrame = serde_json::from_value(value)
-        .map_err(|err| Refusal::new("bad_request", "invalid_field", format!("bad {kind} frame: {err}")))?;
-    frame.validate(limits)?;
-    Ok(frame)
+    serde_json::from_value(value).map_err(|err| {
+        refuse(ClientError::bad_request(Malformed::Field, format!("bad {kind} frame: {err}")), client_id)
+    })
 }
 
+/// The `client_id` of a frame that decoded, for answering it.
 impl ClientFrame {
-    fn validate(&self, limits: &Limits) -> Result<(), Refusal> {
+    pub fn client_id(&self) -> Option<&str> {
         match self {
-            ClientFrame::Join { room, .. } | ClientFrame::Leave { room } | ClientFrame::History { room, .. } => {
-                limits.check_room(room)
-            }
-            ClientFrame::Send { room, text, client_id } => {
-                limits.check_room(room)?;
-                limits.check_text(text)?;
-                match client_id {
-                    Some(id) if id.is_empty() || id.len() > limits.max_client_id_bytes => Err(Refusal::new(
-                        "bad_request",
-                        "invalid_field",
-                        format!("client_id must be 1 to {} bytes", limits.max_client_id_bytes),
-                    )),
-                    _ => Ok(()),
-                }
-            }
+            ClientFrame::Send { client_id, .. } => client_id.as_deref(),
+            _ => None,
         }
     }
 }
@@ -190,33 +167,32 @@ mod tests {
 
     #[test]
     fn decodes_the_documented_frames() {
-        let limits = Limits::default();
         assert_eq!(
-            decode(r#"{"type":"join","room":"a","since":3}"#, &limits),
+            decode(r#"{"type":"join","room":"a","since":3}"#, 1024),
             Ok(ClientFrame::Join { room: "a".into(), since: Some(3) })
         );
         assert_eq!(
-            decode(r#"{"type":"send","room":"a","text":"hi","client_id":"c"}"#, &limits),
+            decode(r#"{"type":"send","room":"a","text":"hi","client_id":"c"}"#, 1024),
             Ok(ClientFrame::Send { room: "a".into(), text: "hi".into(), client_id: Some("c".into()) })
         );
-        assert_eq!(decode(r#"{"type":"leave","room":"a"}"#, &limits), Ok(ClientFrame::Leave { room: "a".into() }));
+        assert_eq!(decode(r#"{"type":"leave","room":"a"}"#, 1024), Ok(ClientFrame::Leave { room: "a".into() }));
     }
 
     #[test]
-    fn refuses_bad_frames_with_a_code_and_a_kind() {
-        let limits = Limits::default();
-        let kind = |text: &str| decode(text, &limits).err().map(|r| (r.code, r.kind));
-        assert_eq!(kind("nope"), Some(("bad_request", "invalid_json")));
-        assert_eq!(kind(r#"{"type":"dance"}"#), Some(("bad_request", "unknown_type")));
-        assert_eq!(kind(r#"{"type":"join","room":5}"#), Some(("bad_request", "invalid_field")));
-        assert_eq!(kind(r#"{"type":"join","room":"a","extra":1}"#), Some(("bad_request", "invalid_field")));
-        assert_eq!(kind(r#"{"type":"join","room":"a b"}"#), Some(("invalid_room", "invalid_field")));
+    fn refuses_bad_frames_with_a_code_a_kind_and_the_client_id_it_got_to() {
+        let refused = |text: &str| decode(text, 16 * 1024).err().map(|u| (u.error.code(), u.error.kind(), u.client_id));
+        assert_eq!(refused("nope"), Some(("bad_request", Some("invalid_json"), None)));
+        assert_eq!(refused(r#"{"type":"dance"}"#), Some(("bad_request", Some("unknown_type"), None)));
+        assert_eq!(refused(r#"{"type":"join","room":5}"#), Some(("bad_request", Some("invalid_field"), None)));
         assert_eq!(
-            kind(&format!(r#"{{"type":"join","room":"{}"}}"#, "r".repeat(65))),
-            Some(("invalid_room", "invalid_field"))
+            refused(r#"{"type":"join","room":"a","extra":1}"#),
+            Some(("bad_request", Some("invalid_field"), None))
         );
-        assert_eq!(kind(&"x".repeat(16 * 1024 + 1)), Some(("too_large", "too_large")));
-        assert_eq!(kind(r#"{"type":"send","room":"a","text":""}"#), Some(("bad_request", "invalid_field")));
+        assert_eq!(refused(&"x".repeat(16 * 1024 + 1)), Some(("too_large", Some("too_large"), None)));
+        assert_eq!(
+            refused(r#"{"type":"send","room":"a","text":5,"client_id":"c1"}"#),
+            Some(("bad_request", Some("invalid_field"), Some("c1".into())))
+        );
     }
 
     #[test]

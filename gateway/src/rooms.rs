@@ -16,13 +16,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use persister::{Archive, HistoryQuery, StoreError, MAX_PAGE};
-use roomcast_proto::{ChatMessage, Interest};
+use roomcast_proto::{now_millis, ChatMessage, Interest};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::limits::Limits;
 use crate::metrics::METRICS;
 use crate::protocol::{wire_size, ServerFrame, WireMessage};
+use crate::sink::{MemberId, Sink};
 
 /// How long a missing seq may hold up later ones before the store is asked for it.
 const GAP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,18 +33,6 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// of recovery in a busy room, little enough for many rooms per gateway.
 const TAIL_MESSAGES: usize = 512;
 const TAIL_BYTES: usize = 256 * 1024;
-
-pub type MemberId = u64;
-
-/// Where a room hands its member what happens: a `/ws` connection, or a Socket.IO one.
-pub trait Sink: Send + Sync + 'static {
-    /// The member's history loaded (oldest first, tombstones included).
-    fn joined(&self, room: &str, page: &[ChatMessage], truncated: bool);
-    /// A live message; `ws_frame` is its `/ws` encoding, made once per room.
-    fn deliver(&self, msg: &ChatMessage, ws_frame: &Utf8Bytes);
-    /// The history could not be loaded yet; the room retries.
-    fn unavailable(&self, room: &str, message: &str);
-}
 
 /// The registry: which rooms exist here, and how many members each has.
 pub struct Rooms {
@@ -78,8 +67,10 @@ enum Command {
         since: Option<u64>,
         result: Result<Page, StoreError>,
     },
+    /// Messages read to fill a hole or catch up; `more` when the read stopped short.
     Fill {
-        result: Result<Page, StoreError>,
+        result: Result<Vec<ChatMessage>, StoreError>,
+        more: bool,
     },
     CatchUp,
     GapCheck,
@@ -301,10 +292,9 @@ impl RoomTask {
             Command::Deliver(msg) => self.accept(msg),
             Command::RoomLoaded { result } => self.room_loaded(result),
             Command::Loaded { member, since, result } => self.loaded(member, since, result),
-            Command::Fill { result } => match result {
-                Ok(page) => {
-                    let more = page.truncated;
-                    for msg in page.messages {
+            Command::Fill { result, more } => match result {
+                Ok(messages) => {
+                    for msg in messages {
                         self.accept(Arc::new(msg));
                     }
                     if more {
@@ -419,7 +409,11 @@ impl RoomTask {
                 reads("join", 1);
                 let high = archive.max_seq(&room).await?;
                 match since {
-                    Some(after) => read_after(archive.as_ref(), &room, after, high, cap, bytes, "join").await,
+                    Some(after) => {
+                        let (messages, truncated) =
+                            read_after(archive.as_ref(), &room, after, cap, bytes, "join").await?;
+                        Ok(Page { messages, high, truncated })
+                    }
                     None => {
                         reads("join", 1);
                         let query = HistoryQuery { room: room.clone(), before: None, after: None, limit: page };
@@ -547,7 +541,7 @@ impl RoomTask {
                 Err(_) => "error",
             };
             metrics::counter!("roomcast_gateway_gap_fills_total", "result" => outcome).increment(1);
-            Command::Fill { result: result.map(|messages| Page { messages, high: 0, truncated: false }) }
+            Command::Fill { result, more: false }
         });
     }
 
@@ -555,22 +549,24 @@ impl RoomTask {
         let Some(cursor) = self.cursor else { return };
         let (archive, room, cap) = (self.archive.clone(), self.room.clone(), self.max_recovery);
         self.spawn(delay, async move {
-            Command::Fill { result: read_after(archive.as_ref(), &room, cursor, 0, cap, usize::MAX, "catch_up").await }
+            match read_after(archive.as_ref(), &room, cursor, cap, usize::MAX, "catch_up").await {
+                Ok((messages, truncated)) => Command::Fill { result: Ok(messages), more: truncated },
+                Err(err) => Command::Fill { result: Err(err), more: false },
+            }
         });
     }
 }
 
 /// Reads everything after `after`, page by page, up to `cap` messages and `max_bytes` of
-/// text (at least one message); `truncated` says there is more.
+/// text (at least one message), oldest first; the flag says there is more.
 async fn read_after(
     archive: &dyn Archive,
     room: &str,
     after: u64,
-    high: u64,
     cap: usize,
     max_bytes: usize,
     reason: &'static str,
-) -> Result<Page, StoreError> {
+) -> Result<(Vec<ChatMessage>, bool), StoreError> {
     let mut messages: Vec<ChatMessage> = Vec::new();
     let mut from = after;
     loop {
@@ -588,13 +584,13 @@ async fn read_after(
             bytes > max_bytes
         }) {
             messages.truncate(over.max(1));
-            return Ok(Page { messages, high, truncated: true });
+            return Ok((messages, true));
         }
         if !full {
-            return Ok(Page { messages, high, truncated: false });
+            return Ok((messages, false));
         }
         if messages.len() >= cap {
-            return Ok(Page { messages, high, truncated: true });
+            return Ok((messages, true));
         }
     }
 }
@@ -606,12 +602,6 @@ fn reads(reason: &'static str, n: u64) {
 
 fn frame(msg: &ChatMessage) -> Utf8Bytes {
     Utf8Bytes::from(ServerFrame::Message(WireMessage::from(msg)).to_json())
-}
-
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backoff::Retryable;
 use roomcast_proto::ChatMessage;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -113,23 +114,23 @@ async fn run(store: Arc<dyn Store>, config: BatcherConfig, mut rx: mpsc::Receive
     }
 }
 
+/// The longest wait between two attempts at a batch.
+const RETRY_MAX_DELAY: Duration = Duration::from_millis(800);
+
 async fn write(store: &dyn Store, batch: Vec<(ChatMessage, Reply)>, retry_for: Duration) {
     let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
     metrics::histogram!("roomcast_persister_batch_size").record(messages.len() as f64);
     let started = Instant::now();
-    let mut backoff = Duration::from_millis(50);
-    let result = loop {
-        match store.write_batch(&messages).await {
-            Ok(outcomes) => break Ok(outcomes),
-            Err(err) if started.elapsed() + backoff < retry_for => {
-                tracing::warn!(%err, batch = messages.len(), "batch write failed; retrying");
-                metrics::counter!("roomcast_persister_write_retries_total").increment(1);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(800));
-            }
-            Err(err) => break Err(err),
-        }
-    };
+    let result = (|| store.write_batch(&messages))
+        .retry(backoff::exponential(Duration::from_millis(50), RETRY_MAX_DELAY))
+        // A delay is at most twice the cap (jitter), so the last attempt starts within
+        // `retry_for` plus the cap: 3.8 s by default, inside the gateway's 5 s write limit.
+        .when(|_| started.elapsed() + RETRY_MAX_DELAY < retry_for)
+        .notify(|err, _| {
+            tracing::warn!(%err, batch = messages.len(), "batch write failed; retrying");
+            metrics::counter!("roomcast_persister_write_retries_total").increment(1);
+        })
+        .await;
     metrics::histogram!("roomcast_persister_batch_duration_seconds").record(started.elapsed());
     match result {
         Ok(outcomes) => {

@@ -4,10 +4,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backoff::Retryable;
 use clap::Parser;
 use persister::{Archive, BatcherConfig, MongoStore, Persister, PersisterService};
 use roomcast_proto::persister_server::PersisterServer;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 #[derive(Parser)]
@@ -40,6 +41,9 @@ struct Args {
     queue_capacity: usize,
 }
 
+/// Not ready while the store does not answer.
+const STORE_DOWN: &str = "store unreachable";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -47,18 +51,16 @@ async fn main() -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics("persister")?;
     persister::metrics::describe();
     let store = MongoStore::connect(&args.mongodb, &args.database).await?;
-    let (stop_tx, stop) = watch::channel(false);
-    let ready = telemetry::Readiness::default();
+    let stop = CancellationToken::new();
+    let ready = telemetry::Readiness::new("roomcast_persister_ready", &[STORE_DOWN]);
     let admin = telemetry::bind(args.metrics_listen, "metrics").await?;
     tokio::spawn(telemetry::serve_admin(admin, metrics, ready.clone(), stop.clone()));
 
     // Indexes first: without them writes would not be idempotent.
-    let mut delay = Duration::from_millis(200);
-    while let Err(err) = store.ensure_indexes().await {
-        tracing::warn!(%err, "cannot create indexes yet; MongoDB may still be starting");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    (|| store.ensure_indexes())
+        .retry(backoff::exponential(Duration::from_millis(200), Duration::from_secs(5)))
+        .notify(|err, delay| tracing::warn!(%err, ?delay, "cannot create indexes yet; MongoDB may still be starting"))
+        .await?;
     let config = BatcherConfig {
         max_batch: args.batch_size.max(1),
         linger: Duration::from_millis(args.batch_linger_ms),
@@ -68,13 +70,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let persister = Persister::new(Arc::new(store), config);
     let probe = persister.clone();
-    tokio::spawn(async move {
+    tokio::spawn(stop.clone().run_until_cancelled_owned(async move {
         loop {
-            let ok = tokio::time::timeout(Duration::from_secs(2), probe.max_seq("_readyz")).await;
-            ready.set(matches!(ok, Ok(Ok(_))));
+            let answer = tokio::time::timeout(Duration::from_secs(2), probe.max_seq("_readyz")).await;
+            ready.set(STORE_DOWN, !matches!(answer, Ok(Ok(_))));
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    });
+    }));
 
     let listener = telemetry::bind(args.listen, "gRPC").await?;
     tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, "persister serving");
@@ -83,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
         // Without TCP_NODELAY, Nagle holds small replies for the peer's delayed ACK (~40 ms per hop).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             telemetry::terminated().await;
-            let _ = stop_tx.send(true);
+            stop.cancel();
         })
         .await?;
     tracing::info!("persister stopped");

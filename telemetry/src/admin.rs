@@ -3,8 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -12,27 +11,69 @@ use hyper::{body::Incoming, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-/// A shared ready flag: set by whoever knows whether the service can do its work.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// Whether the service can do its work: ready while none of its reasons for not being
+/// ready holds. Whoever knows a reason sets it; `/readyz` and the `ready` gauge read the
+/// same state, so they never disagree.
+#[derive(Clone)]
+pub struct Readiness(Arc<Inner>);
+
+struct Inner {
+    gauge: metrics::Gauge,
+    /// Each reason, and whether it holds now.
+    reasons: Mutex<Vec<(&'static str, bool)>>,
+}
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+    /// Not ready for any of `reasons` until each is cleared; `gauge` (e.g.
+    /// `roomcast_gateway_ready`) is 1 while ready.
+    pub fn new(gauge: &'static str, reasons: &[&'static str]) -> Self {
+        let inner = Inner {
+            gauge: metrics::gauge!(gauge),
+            reasons: Mutex::new(reasons.iter().map(|reason| (*reason, true)).collect()),
+        };
+        let readiness = Self(Arc::new(inner));
+        readiness.publish();
+        readiness
     }
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+
+    /// Sets whether `reason` holds; a reason not given to [`Readiness::new`] is added.
+    pub fn set(&self, reason: &'static str, holds: bool) {
+        {
+            let mut reasons = self.reasons();
+            match reasons.iter_mut().find(|(r, _)| *r == reason) {
+                Some(entry) => entry.1 = holds,
+                None => reasons.push((reason, holds)),
+            }
+        }
+        self.publish();
+    }
+
+    /// The first reason that holds, or None when ready.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        self.reasons().iter().find(|(_, holds)| *holds).map(|(reason, _)| *reason)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.not_ready_reason().is_none()
+    }
+
+    fn reasons(&self) -> std::sync::MutexGuard<'_, Vec<(&'static str, bool)>> {
+        self.0.reasons.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self) {
+        self.0.gauge.set(if self.is_ready() { 1.0 } else { 0.0 });
     }
 }
 
-/// Serves the admin endpoint on `listener` until `shutdown` turns true.
+/// Serves the admin endpoint on `listener` until `shutdown` is cancelled.
 pub async fn serve_admin(
     listener: TcpListener,
     handle: PrometheusHandle,
     ready: Readiness,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let collector = Arc::new(metrics_process::Collector::default());
     loop {
@@ -44,7 +85,7 @@ pub async fn serve_admin(
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = shutdown.cancelled() => return,
         };
         let (handle, ready, collector) = (handle.clone(), ready.clone(), collector.clone());
         tokio::spawn(async move {
@@ -55,8 +96,10 @@ pub async fn serve_admin(
                         text(StatusCode::OK, handle.render())
                     }
                     "/healthz" => text(StatusCode::OK, "ok\n".into()),
-                    "/readyz" if ready.get() => text(StatusCode::OK, "ready\n".into()),
-                    "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+                    "/readyz" => match ready.not_ready_reason() {
+                        None => text(StatusCode::OK, "ready\n".into()),
+                        Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                    },
                     _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
                 };
                 async move { Ok::<_, Infallible>(response) }

@@ -37,9 +37,14 @@ fn target_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
 }
 
+/// What to do when a binary or service is missing: these tests need every binary built
+/// and real Redis and MongoDB-wire servers, which README's test command provides.
+pub const SETUP: &str = "run README's test command, `bash scripts/test.sh`: it installs redis-server and \
+SecantusDB, builds every binary, then runs every test (plain `cargo test` builds only roomcast)";
+
 pub fn bin(name: &str) -> PathBuf {
     let path = target_dir().join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(path.exists(), "{} is not built: {SETUP}", path.display());
     path
 }
 
@@ -146,7 +151,7 @@ pub struct Redis {
 impl Redis {
     pub fn start(name: &str) -> Redis {
         let port = free_port();
-        let program = which("redis-server").expect("redis-server is not installed: run scripts/setup-test-deps.sh");
+        let program = which("redis-server").unwrap_or_else(|| panic!("redis-server is not installed: {SETUP}"));
         let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
             .iter()
             .map(|s| s.to_string())
@@ -184,7 +189,7 @@ impl Mongo {
         let program = std::env::var_os("ROOMCAST_SECANTUSD")
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join(".tools/venv-secantus/bin/secantusd-py"));
-        assert!(program.exists(), "{} is missing: run scripts/setup-test-deps.sh", program.display());
+        assert!(program.exists(), "{} is not installed: {SETUP}", program.display());
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
         let args = vec![

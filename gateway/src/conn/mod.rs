@@ -1,0 +1,320 @@
+//! One client connection, whatever its front door: its user, token grant, rooms, rate
+//! limiter and ordered send queue. A front door is a codec: it turns a frame or event
+//! into one of these operations and the answer back into a frame. Every check, count and
+//! limit is here, so the front doors behave the same by construction.
+//!
+//! Sends run one at a time per connection, so a client's own messages are stored in the
+//! order it sent them; the queue and its task start with the first send, since most
+//! connections only read.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use governor::DefaultDirectRateLimiter;
+use metrics::Counter;
+use persister::HistoryQuery;
+use roomcast_proto::ChatMessage;
+use tokio::sync::mpsc;
+
+use crate::admission::{Admitted, Slot};
+use crate::auth::RoomGrant;
+use crate::directory::{Entry, DIRECTORY, SYSTEM_USER};
+use crate::error::{ClientError, Malformed};
+use crate::hub::{store_failed, Hub};
+use crate::limits::Limits;
+use crate::metrics::METRICS;
+use crate::protocol::newest_within;
+use crate::sink::{MemberId, Sink};
+
+/// Sends a connection may have waiting; beyond it sends are refused (`overloaded`).
+pub const SEND_QUEUE: usize = 32;
+
+/// A send as the client asked for it.
+pub struct SendRequest {
+    pub room: String,
+    pub text: String,
+    /// The idempotency key; one is made up when the client gave none.
+    pub client_id: Option<String>,
+    /// The name the message claims (the original app's `username`); a token's user, or
+    /// else the connection's, wins or stands in.
+    pub username: Option<String>,
+}
+
+/// The answer to a send: the message as stored, or why not.
+pub struct Sent {
+    pub client_id: String,
+    pub room: String,
+    pub result: Result<ChatMessage, ClientError>,
+}
+
+/// Where a send's answer goes; called once, in the order the sends were made.
+pub type OnSent = Box<dyn FnOnce(Sent) + Send>;
+
+pub struct Conn {
+    hub: Arc<Hub>,
+    protocol: &'static str,
+    member: MemberId,
+    user: Option<String>,
+    authenticated: bool,
+    grant: RoomGrant,
+    limiter: DefaultDirectRateLimiter,
+    received: &'static Counter,
+    rooms: Mutex<HashSet<String>>,
+    sends: OnceLock<SendQueue>,
+    /// The connection's place in the admission counts; taken at close.
+    slot: Mutex<Option<Slot>>,
+}
+
+impl Conn {
+    /// A connection admitted on front door `protocol` (a metric label: `ws`, `socketio`).
+    pub fn open(hub: Arc<Hub>, protocol: &'static str, admitted: Admitted) -> Arc<Conn> {
+        hub.connection_opened(protocol);
+        Arc::new(Conn {
+            member: hub.next_member_id(),
+            protocol,
+            user: admitted.user,
+            authenticated: admitted.authenticated,
+            grant: admitted.rooms,
+            limiter: hub.limits.frame_limiter(),
+            received: METRICS.frames_received(protocol),
+            rooms: Mutex::default(),
+            sends: OnceLock::new(),
+            slot: Mutex::new(Some(admitted.slot)),
+            hub,
+        })
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Counts one frame or event from the client, and checks it against the rate limit.
+    pub fn received(&self) -> Result<(), ClientError> {
+        self.received.increment(1);
+        self.limiter.check().map_err(|_| self.refused(self.hub.limits.rate_limited()))
+    }
+
+    /// Counts a refusal. Every refusal passes here, those of the codecs included.
+    pub fn refused(&self, err: ClientError) -> ClientError {
+        if let Some(kind) = err.kind() {
+            metrics::counter!("roomcast_gateway_bad_frames_total", "kind" => kind).increment(1);
+        }
+        err
+    }
+
+    /// Joins `room`; its history (or what was missed after `since`) and then its live
+    /// messages go to `sink`. Joining a room again is a resync from `since`.
+    pub fn join(&self, room: &str, since: Option<u64>, sink: Arc<dyn Sink>) -> Result<(), ClientError> {
+        self.check_access(room)?;
+        {
+            let mut rooms = self.rooms();
+            if rooms.contains(room) {
+                self.hub.rooms.leave(room, self.member);
+            } else if rooms.len() >= self.hub.limits.max_rooms_per_connection {
+                return Err(self.refused(ClientError::TooManyRooms { max: self.hub.limits.max_rooms_per_connection }));
+            }
+            rooms.insert(room.to_owned());
+        }
+        self.hub.rooms.join(room, self.member, sink, since);
+        Ok(())
+    }
+
+    /// Leaves `room`; leaving a room not joined is not an error.
+    pub fn leave(&self, room: &str) -> Result<(), ClientError> {
+        self.hub.limits.check_room(room).map_err(|err| self.refused(err))?;
+        if self.rooms().remove(room) {
+            self.hub.rooms.leave(room, self.member);
+        }
+        Ok(())
+    }
+
+    /// Queues a send behind this connection's earlier ones; `on_sent` gets the stored
+    /// message, or the refusal or failure, always with the send's `client_id`.
+    pub fn send(&self, request: SendRequest, on_sent: OnSent) {
+        let client_id = request.client_id.unwrap_or_else(|| ulid::Ulid::new().to_string());
+        match self.check_send(&client_id, &request.room, &request.text, request.username) {
+            Ok(user) => {
+                let job = SendJob::new(request.room, user, request.text, client_id, on_sent);
+                self.queue(job);
+            }
+            Err(err) => on_sent(Sent { client_id, room: request.room, result: Err(self.refused(err)) }),
+        }
+    }
+
+    /// Creates a room named `name` in the directory, behind this connection's earlier
+    /// sends; `on_created` gets the new room's id once its entry is stored, or why not.
+    pub fn create_room(&self, name: &str, on_created: Box<dyn FnOnce(Result<String, ClientError>) + Send>) {
+        let name = name.trim();
+        let max = self.hub.limits.max_room_chars;
+        if name.is_empty() || name.chars().count() > max {
+            let message = format!("a room name must be 1 to {max} characters");
+            return on_created(Err(self.refused(ClientError::bad_request(Malformed::Field, message))));
+        }
+        let room_id = ulid::Ulid::new().to_string();
+        let entry = Entry { room_id: room_id.clone(), room_name: name.to_owned() }.encode();
+        let client_id = format!("create:{room_id}");
+        let on_sent = Box::new(move |sent: Sent| on_created(sent.result.map(|_| room_id)));
+        self.queue(SendJob::new(DIRECTORY.to_owned(), SYSTEM_USER.to_owned(), entry, client_id, on_sent));
+    }
+
+    /// A page of `room`'s history before `before` (the newest `limit`, oldest first),
+    /// cut to what fits half the send queue so that reading it never makes the client a
+    /// slow consumer. The checks are made now; the read when the future runs.
+    pub fn history(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<impl Future<Output = Result<Vec<ChatMessage>, ClientError>> + Send + 'static, ClientError> {
+        self.check_access(room)?;
+        let archive = self.hub.archive.clone();
+        let query = HistoryQuery {
+            room: room.to_owned(),
+            before,
+            after: None,
+            limit: limit.unwrap_or(self.hub.limits.history_page),
+        };
+        let budget = self.hub.limits.send_queue_bytes / 2;
+        Ok(async move {
+            let page = archive.history(query).await.map_err(store_failed)?;
+            Ok(newest_within(&page, budget).to_vec())
+        })
+    }
+
+    /// Ends the connection: leaves its rooms, stops its sends and frees its place. Only
+    /// the first call counts.
+    pub fn close(&self, reason: &'static str) {
+        let Some(slot) = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let rooms: Vec<String> = self.rooms().drain().collect();
+        for room in rooms {
+            self.hub.rooms.leave(&room, self.member);
+        }
+        if let Some(sends) = self.sends.get() {
+            sends.task.abort();
+        }
+        self.hub.connection_closed(self.protocol, reason);
+        drop(slot);
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A valid room name the token grants.
+    fn check_access(&self, room: &str) -> Result<(), ClientError> {
+        check_fields(&self.hub.limits, room, None, None).map_err(|err| self.refused(err))?;
+        if !self.grant.allows(room) {
+            return Err(self.refused(ClientError::ForbiddenRoom { room: room.to_owned() }));
+        }
+        Ok(())
+    }
+
+    /// The checks of a send, in the order a client fixes them; returns the sender's name.
+    fn check_send(
+        &self,
+        client_id: &str,
+        room: &str,
+        text: &str,
+        username: Option<String>,
+    ) -> Result<String, ClientError> {
+        let limits = &self.hub.limits;
+        check_fields(limits, room, Some(text), Some(client_id))?;
+        if !self.grant.allows(room) {
+            return Err(ClientError::ForbiddenRoom { room: room.to_owned() });
+        }
+        if !self.rooms().contains(room) {
+            return Err(ClientError::NotJoined { room: room.to_owned() });
+        }
+        let user = match (&self.user, self.authenticated) {
+            (Some(user), true) => user.clone(),
+            _ => username.or_else(|| self.user.clone()).ok_or_else(|| {
+                ClientError::InvalidUser("connect with a user name (?user=NAME, or auth {user}) to send".into())
+            })?,
+        };
+        limits.check_user(&user)?;
+        Ok(user)
+    }
+
+    fn queue(&self, job: SendJob) {
+        let sends = self.sends.get_or_init(|| SendQueue::start(self.hub.clone()));
+        if let Err(err) = sends.jobs.try_send(job) {
+            let (job, error) = match err {
+                mpsc::error::TrySendError::Full(job) => (job, ClientError::Overloaded { max: SEND_QUEUE }),
+                mpsc::error::TrySendError::Closed(job) => {
+                    (job, ClientError::Unavailable("the connection is closing; resend after reconnecting".into()))
+                }
+            };
+            (job.on_sent)(Sent { client_id: job.client_id, room: job.room, result: Err(self.refused(error)) });
+        }
+    }
+}
+
+/// The checks of what a client wrote into a frame or event, before any state is
+/// looked at: the room name, the text and the client id.
+pub fn check_fields(
+    limits: &Limits,
+    room: &str,
+    text: Option<&str>,
+    client_id: Option<&str>,
+) -> Result<(), ClientError> {
+    if let Some(client_id) = client_id {
+        limits.check_client_id(client_id)?;
+    }
+    limits.check_room(room)?;
+    if let Some(text) = text {
+        limits.check_text(text)?;
+    }
+    Ok(())
+}
+
+struct SendJob {
+    received: tokio::time::Instant,
+    room: String,
+    user: String,
+    text: String,
+    client_id: String,
+    on_sent: OnSent,
+}
+
+impl SendJob {
+    fn new(room: String, user: String, text: String, client_id: String, on_sent: OnSent) -> Self {
+        SendJob { received: tokio::time::Instant::now(), room, user, text, client_id, on_sent }
+    }
+}
+
+/// A connection's send queue, and the task that works through it in order.
+struct SendQueue {
+    jobs: mpsc::Sender<SendJob>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SendQueue {
+    fn start(hub: Arc<Hub>) -> Self {
+        let (jobs, queue) = mpsc::channel(SEND_QUEUE);
+        SendQueue { jobs, task: tokio::spawn(run_sends(hub, queue)) }
+    }
+}
+
+impl Drop for SendQueue {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn run_sends(hub: Arc<Hub>, mut jobs: mpsc::Receiver<SendJob>) {
+    while let Some(job) = jobs.recv().await {
+        let result = hub.send(job.received, &job.user, &job.room, &job.text, &job.client_id).await;
+        let outcome = if result.is_ok() { "acked" } else { "error" };
+        metrics::counter!("roomcast_gateway_messages_sent_total", "result" => outcome).increment(1);
+        if let Err(err) = &result {
+            tracing::warn!(%err, room = %job.room, user = %job.user, client_id = %job.client_id, "send failed");
+        }
+        (job.on_sent)(Sent { client_id: job.client_id, room: job.room, result });
+    }
+}
+
+#[cfg(test)]
+mod tests;

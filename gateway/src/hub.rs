@@ -1,0 +1,195 @@
+//! What every connection of a gateway shares: the broker, the store, the rooms, the
+//! limits and admission, readiness, the drain, and the send path (a seq from the broker,
+//! a durable write, a publish, then the ack). Publishing after the write means nothing
+//! reaches a room that the store does not hold.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanout::{Broker, BrokerError};
+use persister::{tombstone, Archive, StoreError};
+use rand::Rng;
+use roomcast_proto::{now_millis, ChatMessage};
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::Admission;
+use crate::error::ClientError;
+use crate::limits::Limits;
+use crate::rooms::Rooms;
+use crate::sink::MemberId;
+
+/// Attempts at a free seq: each conflict re-seeds the broker's counter from the store.
+const ATTEMPTS: usize = 5;
+/// Every send is answered (ack or error) within this long of being received, however
+/// many wait ahead of it on its connection (docs/RELIABILITY.md).
+pub const SEND_DEADLINE: Duration = Duration::from_secs(15);
+
+/// The reasons a gateway is not ready (what `/readyz` says).
+pub const DRAINING: &str = "draining";
+pub const BROKER_DOWN: &str = "broker unreachable";
+pub const STORE_DOWN: &str = "store unreachable";
+
+pub(crate) struct Hub {
+    pub broker: Arc<dyn Broker>,
+    pub archive: Arc<dyn Archive>,
+    pub rooms: Arc<Rooms>,
+    pub limits: Limits,
+    pub admission: Arc<Admission>,
+    pub ready: telemetry::Readiness,
+    pub lifecycle: Lifecycle,
+    next_member: AtomicU64,
+    connections: AtomicUsize,
+}
+
+/// The gateway's shutdown, in three steps: `closing` stops accepting connections,
+/// `draining` closes the open ones at random within the drain window, `stopped` ends
+/// the background tasks. Stopping also closes; draining does not stop.
+pub(crate) struct Lifecycle {
+    pub stopped: CancellationToken,
+    pub closing: CancellationToken,
+    pub draining: CancellationToken,
+    /// The drain window in milliseconds, set when draining starts.
+    window_ms: Arc<AtomicU64>,
+}
+
+impl Lifecycle {
+    fn new() -> Self {
+        let stopped = CancellationToken::new();
+        let closing = stopped.child_token();
+        Self { stopped, closing, draining: CancellationToken::new(), window_ms: Arc::default() }
+    }
+
+    pub fn drain(&self, window: Duration) {
+        self.window_ms.store(u64::try_from(window.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.closing.cancel();
+        self.draining.cancel();
+    }
+
+    /// Resolves at this connection's moment to close: a random point of the drain window
+    /// once draining, so that clients do not all reconnect at once.
+    pub fn drain_moment(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (draining, window_ms) = (self.draining.clone().cancelled_owned(), self.window_ms.clone());
+        async move {
+            draining.await;
+            let window = Duration::from_millis(window_ms.load(Ordering::Relaxed));
+            let jitter = rand::rng().random_range(0.0..=1.0);
+            tokio::time::sleep(window.mul_f64(jitter)).await;
+        }
+    }
+}
+
+impl Hub {
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        archive: Arc<dyn Archive>,
+        rooms: Arc<Rooms>,
+        limits: Limits,
+        admission: Admission,
+    ) -> Self {
+        Self {
+            broker,
+            archive,
+            rooms,
+            admission: Arc::new(admission),
+            limits,
+            ready: telemetry::Readiness::new("roomcast_gateway_ready", &[BROKER_DOWN, STORE_DOWN]),
+            lifecycle: Lifecycle::new(),
+            next_member: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn next_member_id(&self) -> MemberId {
+        self.next_member.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn connection_opened(&self, protocol: &'static str) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("roomcast_gateway_connects_total", "protocol" => protocol).increment(1);
+        metrics::gauge!("roomcast_gateway_connections", "protocol" => protocol).increment(1.0);
+    }
+
+    pub fn connection_closed(&self, protocol: &'static str, reason: &'static str) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+        metrics::counter!("roomcast_gateway_disconnects_total", "protocol" => protocol, "reason" => reason)
+            .increment(1);
+        metrics::gauge!("roomcast_gateway_connections", "protocol" => protocol).decrement(1.0);
+    }
+
+    /// Stores and publishes one message received at `received`; returns it as stored
+    /// (for a repeated `client_id`, the first copy), or `Timeout` at the deadline.
+    pub async fn send(
+        &self,
+        received: tokio::time::Instant,
+        user: &str,
+        room: &str,
+        text: &str,
+        client_id: &str,
+    ) -> Result<ChatMessage, ClientError> {
+        tokio::time::timeout_at(received + SEND_DEADLINE, self.try_send(user, room, text, client_id))
+            .await
+            .unwrap_or(Err(ClientError::Timeout))
+    }
+
+    async fn try_send(&self, user: &str, room: &str, text: &str, client_id: &str) -> Result<ChatMessage, ClientError> {
+        let id = ulid::Ulid::new().to_string();
+        let ts = now_millis();
+        for _ in 0..ATTEMPTS {
+            let Some(seq) = self.broker.next_seq(room).await.map_err(broker_failed)? else {
+                self.reseed(room).await?;
+                continue;
+            };
+            let msg = ChatMessage {
+                room: room.to_owned(),
+                seq,
+                id: id.clone(),
+                user: user.to_owned(),
+                text: text.to_owned(),
+                ts,
+                client_id: client_id.to_owned(),
+                tombstone: false,
+            };
+            match self.archive.write(msg).await {
+                Ok(written) => {
+                    // A repeat sealed its new seq: publish the seal so rooms move past it.
+                    let publish = if written.duplicate { tombstone(room, seq) } else { written.stored.clone() };
+                    if let Err(err) = self.broker.publish(&publish).await {
+                        // Stored is what counts: rooms fill the hole from the store.
+                        tracing::warn!(%err, room, seq, "publish failed after the write; rooms will fill it from the store");
+                    }
+                    return Ok(written.stored);
+                }
+                Err(StoreError::Conflict) => {
+                    tracing::info!(room, seq, "seq already taken (broker lost its counter?); re-seeding");
+                    self.reseed(room).await?;
+                }
+                Err(err) => return Err(store_failed(err)),
+            }
+        }
+        Err(ClientError::Unavailable(format!("no free sequence number for room {room} after {ATTEMPTS} attempts")))
+    }
+
+    async fn reseed(&self, room: &str) -> Result<(), ClientError> {
+        let high = self.archive.max_seq(room).await.map_err(store_failed)?;
+        self.broker.seed(room, high).await.map_err(broker_failed)
+    }
+}
+
+pub(crate) fn store_failed(err: StoreError) -> ClientError {
+    match err {
+        StoreError::Timeout => ClientError::Timeout,
+        other => ClientError::Unavailable(other.to_string()),
+    }
+}
+
+fn broker_failed(err: BrokerError) -> ClientError {
+    match err {
+        BrokerError::Timeout => ClientError::Timeout,
+        other => ClientError::Unavailable(other.to_string()),
+    }
+}
