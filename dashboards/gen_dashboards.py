@@ -8,7 +8,10 @@ consistent (ids, grid layout, filters, datasource references). Edit the panels h
     python3 dashboards/gen_dashboards.py
 
 `check.py static` fails if a committed JSON differs from what this script generates.
-Only the metric names of docs/INTERFACES-DRAFT.md may be used.
+Only metric names the services export may be used: `check.py static` (its `metrics` check)
+fails on any name, _bucket/_sum/_count stripped, that is not a string literal in some *.rs
+file of the repository (the process_* metrics of the metrics-process crate are exempt). The
+names are declared in gateway/, fanout/ and persister/ src/metrics.rs.
 Standard library only.
 """
 from __future__ import annotations

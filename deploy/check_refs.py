@@ -15,7 +15,7 @@ Checks (each failure is one line, exit 1 if any):
   netpol-selectors    each non-empty NetworkPolicy podSelector selects pods
   config-refs         every configMapKeyRef/secretKeyRef names an object and key
   probes              probe paths and ports are the documented endpoints
-                      (docs/INTERFACES-DRAFT.md); the fanout is a native sidecar
+                      (README.md, "Flags"); the fanout is a native sidecar
                       on localhost gRPC; the persister URL is a real Service port
   drain               terminationGracePeriodSeconds >= preStop sleep + drain time
                       (ROOMCAST_DRAIN_SECONDS); LB draining and timeout fit
@@ -29,8 +29,9 @@ from pathlib import Path
 
 import yaml
 
-# The documented endpoints (docs/INTERFACES-DRAFT.md, "Binaries, flags, env vars,
-# ports" and "HTTP endpoints"): container name -> port that serves the probes.
+# The documented endpoints (README.md, "Flags": the `--metrics-listen` row and the
+# gateway's endpoints paragraph below the table): container name -> port that serves
+# the probes.
 ENDPOINTS = {
     "gateway": {"port": 8080, "readiness": "/readyz", "liveness": "/healthz"},
     "fanout": {"port": 9091, "readiness": "/readyz", "liveness": "/healthz"},
