@@ -15,6 +15,10 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
+# The commit being built (.git is not in the context): roomcast_build_info{version}.
+#   docker build --build-arg ROOMCAST_BUILD_VERSION="0.1.0+$(git rev-parse --short=9 HEAD)" .
+ARG ROOMCAST_BUILD_VERSION=""
+ENV ROOMCAST_BUILD_VERSION=${ROOMCAST_BUILD_VERSION}
 WORKDIR /src
 COPY . .
 # The cache mounts keep the registry and target/ between builds; the binaries are

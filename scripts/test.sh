@@ -22,6 +22,9 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --bins --locked
+echo "== the previous release's fanout and persister (for the version-skew test)"
+ROOMCAST_PREVIOUS_RELEASE_BIN="$(bash scripts/build-previous-release.sh)"
+export ROOMCAST_PREVIOUS_RELEASE_BIN
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== browser and socket.io-client tests"

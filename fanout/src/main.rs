@@ -24,9 +24,6 @@ struct Args {
     redis: String,
 }
 
-/// Not ready while Redis does not answer.
-const REDIS_DOWN: &str = "redis unreachable";
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -35,24 +32,29 @@ async fn main() -> anyhow::Result<()> {
     fanout::metrics::describe();
     let broker = RedisBroker::open(&args.redis)?;
     let stop = CancellationToken::new();
-    let ready = telemetry::Readiness::new("roomcast_fanout_ready", &[REDIS_DOWN]);
+    let ready = telemetry::Readiness::new("roomcast_fanout_ready", &[telemetry::STARTING]);
     let admin = telemetry::bind(args.metrics_listen, "metrics").await?;
     tokio::spawn(telemetry::serve_admin(admin, metrics, ready.clone(), stop.clone()));
+    // Redis's state is `roomcast_fanout_redis_up`, not readiness: Redis is shared by
+    // every pod, and an outage must not take them all out of the load balancer.
     let probe = broker.clone();
     tokio::spawn(stop.clone().run_until_cancelled_owned(async move {
         loop {
-            ready.set(REDIS_DOWN, !probe.is_up().await);
+            probe.is_up().await;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }));
 
     let listener = telemetry::bind(args.listen, "gRPC").await?;
     tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, "fanout serving");
+    ready.set(telemetry::STARTING, false);
+    let shutting_down = ready.clone();
     tonic::transport::Server::builder()
         .add_service(FanoutServer::new(FanoutService::new(Arc::new(broker))))
         // Without TCP_NODELAY, Nagle holds small replies for the peer's delayed ACK (~40 ms per hop).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             telemetry::terminated().await;
+            shutting_down.set(telemetry::SHUTTING_DOWN, true);
             stop.cancel();
         })
         .await?;

@@ -11,7 +11,7 @@ pub fn describe() {
     describe_counter!("roomcast_fanout_redis_reconnects_total", "Times the Redis subscriber connection came back.");
     describe_counter!("roomcast_fanout_redis_errors_total", "Failed Redis operations, by operation.");
     describe_gauge!("roomcast_fanout_redis_up", "1 while Redis answers.");
-    describe_gauge!("roomcast_fanout_ready", "1 while ready (what /readyz answers).");
+    describe_gauge!("roomcast_fanout_ready", "1 while ready: serving and not shutting down (what /readyz answers).");
     describe_gauge!("roomcast_fanout_gateways", "Gateways with an open subscription stream.");
     describe_counter!("roomcast_fanout_links_closed_total", "Gateway streams closed by the fanout, by reason.");
     counter!("roomcast_fanout_publishes_total", "result" => "ok").absolute(0);

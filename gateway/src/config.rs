@@ -36,6 +36,11 @@ pub struct EdgeArgs {
     /// Bytes queued towards one client before it is closed with 4001 (slow consumer).
     #[arg(long, env = "ROOMCAST_SEND_QUEUE_BYTES", default_value_t = Limits::default().send_queue_bytes)]
     pub send_queue_bytes: usize,
+    /// Bytes queued towards all /ws clients of this process together (0: no bound). Past
+    /// it, a client that is behind (over 1/8 of its own queue) is closed with 4001 as it
+    /// is sent more, so the slowest go first and the clients that keep up are not cut.
+    #[arg(long, env = "ROOMCAST_SEND_QUEUE_BUDGET_BYTES", default_value_t = Limits::default().send_queue_budget_bytes)]
+    pub send_queue_budget_bytes: usize,
     /// /ws sends a ping this often (seconds); a client silent for 2.5 times as long, pongs
     /// included, is closed with 1001.
     #[arg(long, env = "ROOMCAST_PING_SECONDS", default_value_t = 30.0)]
@@ -79,6 +84,7 @@ impl EdgeArgs {
             max_frame_bytes: self.max_frame_bytes,
             max_text_chars: self.max_text_chars,
             send_queue_bytes: self.send_queue_bytes,
+            send_queue_budget_bytes: self.send_queue_budget_bytes,
             ping_every: std::time::Duration::try_from_secs_f64(self.ping_seconds)
                 .ok()
                 .filter(|d| !d.is_zero())

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::Admission;
 use crate::error::ClientError;
 use crate::limits::Limits;
+use crate::outbox::Budget;
 use crate::rooms::Rooms;
 use crate::sink::MemberId;
 
@@ -25,10 +26,13 @@ const ATTEMPTS: usize = 5;
 /// many wait ahead of it on its connection (docs/RELIABILITY.md).
 pub const SEND_DEADLINE: Duration = Duration::from_secs(15);
 
-/// The reasons a gateway is not ready (what `/readyz` says).
+/// The reasons a gateway is not ready (what `/readyz` says). Readiness is this pod's own
+/// state only: whether it can take more connections. A broker or store outage is shared
+/// by every pod, so it shows as `unavailable` answers, the `*_up` gauges and alerts,
+/// never as unreadiness, which would empty the load balancer all at once.
+pub const STARTING: &str = "starting: the broker link is not up yet";
 pub const DRAINING: &str = "draining";
-pub const BROKER_DOWN: &str = "broker unreachable";
-pub const STORE_DOWN: &str = "store unreachable";
+pub const FULL: &str = "at its connection cap";
 
 pub(crate) struct Hub {
     pub broker: Arc<dyn Broker>,
@@ -38,6 +42,8 @@ pub(crate) struct Hub {
     pub admission: Arc<Admission>,
     pub ready: telemetry::Readiness,
     pub lifecycle: Lifecycle,
+    /// The bytes queued towards every `/ws` client, bounded.
+    pub send_budget: Arc<Budget>,
     next_member: AtomicU64,
     connections: AtomicUsize,
 }
@@ -92,8 +98,9 @@ impl Hub {
             archive,
             rooms,
             admission: Arc::new(admission),
+            send_budget: Budget::new(limits.send_queue_budget_bytes),
             limits,
-            ready: telemetry::Readiness::new("roomcast_gateway_ready", &[BROKER_DOWN, STORE_DOWN]),
+            ready: telemetry::Readiness::new("roomcast_gateway_ready", &[STARTING]),
             lifecycle: Lifecycle::new(),
             next_member: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
@@ -109,13 +116,19 @@ impl Hub {
     }
 
     pub fn connection_opened(&self, protocol: &'static str) {
-        self.connections.fetch_add(1, Ordering::Relaxed);
+        let open = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        if open == self.limits.max_connections {
+            self.ready.set(FULL, true);
+        }
         metrics::counter!("roomcast_gateway_connects_total", "protocol" => protocol).increment(1);
         metrics::gauge!("roomcast_gateway_connections", "protocol" => protocol).increment(1.0);
     }
 
     pub fn connection_closed(&self, protocol: &'static str, reason: &'static str) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
+        let was = self.connections.fetch_sub(1, Ordering::Relaxed);
+        if was == self.limits.max_connections {
+            self.ready.set(FULL, false);
+        }
         metrics::counter!("roomcast_gateway_disconnects_total", "protocol" => protocol, "reason" => reason)
             .increment(1);
         metrics::gauge!("roomcast_gateway_connections", "protocol" => protocol).decrement(1.0);

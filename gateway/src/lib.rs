@@ -47,7 +47,7 @@ pub use metrics::describe as describe_metrics;
 pub use upstream::Metered;
 
 use admission::Admission;
-use hub::{Hub, DRAINING, STORE_DOWN};
+use hub::{Hub, DRAINING};
 use rooms::Rooms;
 
 /// A running gateway. Cheap to clone.
@@ -66,7 +66,8 @@ impl Gateway {
         let hub = Arc::new(Hub::new(broker.clone(), archive, rooms.clone(), limits, admission));
         let stopped = hub.lifecycle.stopped.clone();
         tokio::spawn(link::keep_link(broker, rooms, interest_rx, hub.ready.clone(), stopped.clone()));
-        tokio::spawn(stopped.run_until_cancelled_owned(probe_store(hub.clone())));
+        tokio::spawn(stopped.clone().run_until_cancelled_owned(probe_store(hub.clone())));
+        tokio::spawn(stopped.run_until_cancelled_owned(publish_send_queue(hub.clone())));
         // The same frame limits as /ws, on both transports: max_payload covers
         // long-polling, ws_max_* the WebSocket transport (whose default is 64 MiB).
         let (sio, io) = socketioxide::SocketIo::builder()
@@ -139,11 +140,21 @@ impl Gateway {
     }
 }
 
-/// Asks the store for a cheap answer every second, for readiness.
+/// Asks the store for a cheap answer every second, for `roomcast_gateway_store_up` (not
+/// for readiness: the store is shared by every pod).
 async fn probe_store(hub: Arc<Hub>) {
     loop {
         let answer = tokio::time::timeout(Duration::from_secs(2), hub.archive.max_seq("_readyz")).await;
-        hub.ready.set(STORE_DOWN, !matches!(answer, Ok(Ok(_))));
+        ::metrics::gauge!("roomcast_gateway_store_up").set(if matches!(answer, Ok(Ok(_))) { 1.0 } else { 0.0 });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Sets `roomcast_gateway_send_queue_bytes` from the send budget every second: one
+/// store per second instead of a shared gauge updated on every frame.
+async fn publish_send_queue(hub: Arc<Hub>) {
+    loop {
+        metrics::METRICS.send_queue_bytes.set(hub.send_budget.queued() as f64);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

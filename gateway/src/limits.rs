@@ -21,6 +21,8 @@ pub struct Limits {
     pub max_recovery: usize,
     /// Bytes queued towards one client before it is disconnected as too slow.
     pub send_queue_bytes: usize,
+    /// Bytes queued towards all `/ws` clients together; 0 for no bound (outbox.rs).
+    pub send_queue_budget_bytes: usize,
     /// Frames (or Socket.IO events) one connection may send per second, sustained.
     pub frames_per_second: u32,
     /// Frames one connection may send at once above the sustained rate.
@@ -47,6 +49,7 @@ impl Default for Limits {
             history_page: 50,
             max_recovery: 5000,
             send_queue_bytes: 1024 * 1024,
+            send_queue_budget_bytes: 256 * 1024 * 1024,
             frames_per_second: 20,
             frame_burst: 40,
             max_connections: 50_000,

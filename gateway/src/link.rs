@@ -10,10 +10,11 @@ use roomcast_proto::{event::Kind, Interest};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::BROKER_DOWN;
+use crate::hub::STARTING;
 use crate::rooms::Rooms;
 
-/// Runs until `stopped`; readiness says whether the link is up.
+/// Runs until `stopped`. The gateway turns ready once the link is first up;
+/// `roomcast_gateway_broker_up` says whether it is up now.
 pub async fn keep_link(
     broker: Arc<dyn Broker>,
     rooms: Arc<Rooms>,
@@ -30,7 +31,7 @@ pub async fn keep_link(
         let mut link = match connected {
             Ok(link) => link,
             Err(err) => {
-                ready.set(BROKER_DOWN, true);
+                metrics::gauge!("roomcast_gateway_broker_up").set(0.0);
                 let delay = delays.next().unwrap_or(Duration::from_secs(2));
                 tracing::warn!(%err, ?delay, "cannot reach the broker; retrying");
                 tokio::select! {
@@ -45,7 +46,8 @@ pub async fn keep_link(
         for room in rooms.names() {
             let _ = link.interests.send(Interest { room, subscribe: true }).await;
         }
-        ready.set(BROKER_DOWN, false);
+        ready.set(STARTING, false);
+        metrics::gauge!("roomcast_gateway_broker_up").set(1.0);
         delays = backoff::reconnect().build();
         tracing::info!("broker link up");
         loop {
@@ -66,7 +68,7 @@ pub async fn keep_link(
                 _ = stopped.cancelled() => return,
             }
         }
-        ready.set(BROKER_DOWN, true);
+        metrics::gauge!("roomcast_gateway_broker_up").set(0.0);
         metrics::counter!("roomcast_gateway_upstream_errors_total", "upstream" => "fanout", "method" => "subscribe")
             .increment(1);
         tracing::warn!("broker link lost; reconnecting");

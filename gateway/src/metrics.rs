@@ -16,6 +16,8 @@ pub struct GatewayMetrics {
     pub frames_sent_socketio: Counter,
     pub frames_received_ws: Counter,
     pub frames_received_socketio: Counter,
+    pub send_duration_ws: Histogram,
+    pub send_duration_socketio: Histogram,
     pub deliveries: Counter,
     pub delivery_latency: Histogram,
     pub joins_from_memory: Counter,
@@ -31,6 +33,14 @@ impl GatewayMetrics {
             _ => &self.frames_received_socketio,
         }
     }
+
+    /// From a send's arrival to its answer, on front door `protocol`.
+    pub fn send_duration(&'static self, protocol: &str) -> &'static Histogram {
+        match protocol {
+            "ws" => &self.send_duration_ws,
+            _ => &self.send_duration_socketio,
+        }
+    }
 }
 
 /// Created on first use, which is after `main` installed the recorder.
@@ -41,6 +51,8 @@ pub static METRICS: LazyLock<GatewayMetrics> = LazyLock::new(|| GatewayMetrics {
     frames_sent_socketio: counter!("roomcast_gateway_frames_sent_total", "protocol" => "socketio"),
     frames_received_ws: counter!("roomcast_gateway_frames_received_total", "protocol" => "ws"),
     frames_received_socketio: counter!("roomcast_gateway_frames_received_total", "protocol" => "socketio"),
+    send_duration_ws: histogram!("roomcast_gateway_send_duration_seconds", "protocol" => "ws"),
+    send_duration_socketio: histogram!("roomcast_gateway_send_duration_seconds", "protocol" => "socketio"),
     deliveries: counter!("roomcast_gateway_deliveries_total"),
     delivery_latency: histogram!("roomcast_gateway_delivery_latency_seconds"),
     joins_from_memory: counter!("roomcast_gateway_joins_total", "source" => "memory"),
@@ -57,6 +69,11 @@ pub fn describe() {
     describe_counter!("roomcast_gateway_frames_received_total", "Frames received from clients, by protocol.");
     describe_counter!("roomcast_gateway_frames_sent_total", "Frames written to clients, by protocol.");
     describe_counter!("roomcast_gateway_messages_sent_total", "Client sends, by result (acked or error).");
+    describe_histogram!(
+        "roomcast_gateway_send_duration_seconds",
+        Unit::Seconds,
+        "From a send's arrival to its answer (ack or error, refusals included), by protocol: what a sender waits."
+    );
     describe_counter!(
         "roomcast_gateway_bad_frames_total",
         "Client frames refused, by kind (malformed, or over a limit)."
@@ -82,7 +99,12 @@ pub fn describe() {
         "gRPC calls to fanout and persister, by upstream and method."
     );
     describe_counter!("roomcast_gateway_upstream_errors_total", "Failed gRPC calls, by upstream and method.");
-    describe_gauge!("roomcast_gateway_ready", "1 while ready (upstreams reachable, not draining).");
+    describe_gauge!(
+        "roomcast_gateway_ready",
+        "1 while ready: started, not draining, below its connection cap (what /readyz answers)."
+    );
+    describe_gauge!("roomcast_gateway_broker_up", "1 while the link to the broker (the fanout) is up.");
+    describe_gauge!("roomcast_gateway_store_up", "1 while the store (the persister) answers a probe.");
     describe_gauge!("roomcast_gateway_rooms", "Rooms with members on this gateway.");
     describe_counter!("roomcast_gateway_gap_fills_total", "Holes in a room's order read from the store, by result.");
     describe_counter!(

@@ -1,6 +1,8 @@
 //! A `/ws` connection's outgoing side: a queue bounded in bytes, and the one task that
 //! writes it to the socket. A client that stops reading fills its queue and is closed
-//! with [`CloseCode::SlowConsumer`], so it never holds up the room.
+//! with [`CloseCode::SlowConsumer`], so it never holds up the room. All queues together
+//! are bounded too, by the process's [`Budget`]: past it, the clients that are behind
+//! are closed first.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,6 +23,37 @@ use roomcast_proto::ChatMessage;
 
 /// Frames written to the socket before one flush.
 const WRITE_BATCH: usize = 64;
+/// Over the process budget, a client with more than 1/BEHIND of its own limit queued is
+/// behind, and closed.
+const BEHIND: usize = 8;
+
+/// The bytes queued towards every `/ws` client of the process, and their bound. It is
+/// enforced on the clients that are behind: a client that keeps up has little queued and
+/// is never cut for it, so the bound is soft by at most what those hold.
+pub struct Budget {
+    queued: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    /// `limit` 0: no bound.
+    pub fn new(limit: usize) -> Arc<Budget> {
+        Arc::new(Budget { queued: AtomicUsize::new(0), limit: if limit == 0 { usize::MAX } else { limit } })
+    }
+
+    /// Bytes queued now, for the `roomcast_gateway_send_queue_bytes` gauge.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, len: usize) -> usize {
+        self.queued.fetch_add(len, Ordering::Relaxed) + len
+    }
+
+    fn give(&self, len: usize) {
+        self.queued.fetch_sub(len, Ordering::Relaxed);
+    }
+}
 
 /// The sending half, cloned into every room the connection is in.
 #[derive(Clone)]
@@ -28,6 +61,7 @@ pub struct Outbox {
     frames: mpsc::UnboundedSender<Utf8Bytes>,
     queued: Arc<AtomicUsize>,
     limit: usize,
+    budget: Arc<Budget>,
     closer: Arc<watch::Sender<Option<CloseFrame>>>,
 }
 
@@ -36,16 +70,17 @@ pub struct Writer {
     pub(crate) frames: mpsc::UnboundedReceiver<Utf8Bytes>,
     ping_every: Duration,
     queued: Arc<AtomicUsize>,
+    budget: Arc<Budget>,
     close: watch::Receiver<Option<CloseFrame>>,
 }
 
-pub fn outbox(limit: usize, ping_every: Duration) -> (Outbox, Writer) {
+pub fn outbox(limit: usize, budget: Arc<Budget>, ping_every: Duration) -> (Outbox, Writer) {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let (closer, close) = watch::channel(None);
     (
-        Outbox { frames: tx, queued: queued.clone(), limit, closer: Arc::new(closer) },
-        Writer { frames: rx, ping_every, queued, close },
+        Outbox { frames: tx, queued: queued.clone(), limit, budget: budget.clone(), closer: Arc::new(closer) },
+        Writer { frames: rx, ping_every, queued, budget, close },
     )
 }
 
@@ -54,14 +89,16 @@ impl Outbox {
     pub fn push(&self, frame: Utf8Bytes) -> bool {
         let len = frame.len();
         let queued = self.queued.fetch_add(len, Ordering::Relaxed) + len;
-        if queued > self.limit {
+        let total = self.budget.take(len);
+        let behind = queued > self.limit / BEHIND;
+        if queued > self.limit || (total > self.budget.limit && behind) {
             self.queued.fetch_sub(len, Ordering::Relaxed);
+            self.budget.give(len);
             if self.close(CloseCode::SlowConsumer) {
                 METRICS.slow_consumer_disconnects.increment(1);
             }
             return false;
         }
-        METRICS.send_queue_bytes.increment(len as f64);
         self.frames.send(frame).is_ok()
     }
 
@@ -114,7 +151,7 @@ impl Writer {
     where
         S: futures::Sink<Message> + Unpin,
     {
-        let Writer { mut frames, ping_every, queued, mut close } = self;
+        let Writer { mut frames, ping_every, queued, budget, mut close } = self;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -140,7 +177,7 @@ impl Writer {
             let sent = tokio::select! {
                 biased;
                 _ = wait_until(&mut close, Option::is_some) => break,
-                sent = write_batch(&mut sink, &mut frames, &queued, first) => sent,
+                sent = write_batch(&mut sink, &mut frames, &queued, &budget, first) => sent,
             };
             if !sent {
                 break;
@@ -151,8 +188,7 @@ impl Writer {
             let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-        let left = queued.swap(0, Ordering::Relaxed);
-        METRICS.send_queue_bytes.decrement(left as f64);
+        budget.give(queued.swap(0, Ordering::Relaxed));
     }
 }
 
@@ -161,6 +197,7 @@ async fn write_batch<S>(
     sink: &mut S,
     frames: &mut mpsc::UnboundedReceiver<Utf8Bytes>,
     queued: &AtomicUsize,
+    budget: &Budget,
     first: Utf8Bytes,
 ) -> bool
 where
@@ -181,7 +218,34 @@ where
     }
     let flushed = sink.flush().await.is_ok();
     queued.fetch_sub(bytes, Ordering::Relaxed);
-    METRICS.send_queue_bytes.decrement(bytes as f64);
+    budget.give(bytes);
     METRICS.frames_sent_ws.increment(count as u64);
     flushed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_the_process_budget_the_clients_behind_are_closed_first() {
+        let budget = Budget::new(12 * 1024);
+        let ping = Duration::from_secs(30);
+        // Nobody writes: what is pushed stays queued.
+        let (slow, _slow_writer) = outbox(64 * 1024, budget.clone(), ping);
+        let (fast, _fast_writer) = outbox(64 * 1024, budget.clone(), ping);
+        let kib = || Utf8Bytes::from("x".repeat(1024));
+        for _ in 0..10 {
+            assert!(slow.push(kib()), "within the budget");
+        }
+        assert!(fast.push(kib()) && fast.push(kib()));
+        assert_eq!(budget.queued(), 12 * 1024);
+        // Over the budget: the slow client (10 KiB queued, over 1/8 of its 64 KiB) goes.
+        assert!(!slow.push(kib()));
+        assert_eq!(slow.closing(), Some(CloseCode::SlowConsumer));
+        // The fast one (2 KiB queued) is not cut for the budget.
+        assert!(fast.push(kib()));
+        assert_eq!(fast.closing(), None);
+        assert_eq!(budget.queued(), 13 * 1024, "the refused frame gave its bytes back");
+    }
 }

@@ -607,7 +607,7 @@ fn frame(msg: &ChatMessage) -> Utf8Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{outbox, Writer};
+    use crate::outbox::{outbox, Budget, Writer};
     use async_trait::async_trait;
     use persister::{BatcherConfig, Persister, RedbStore, Written};
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -673,7 +673,7 @@ mod tests {
         }
 
         fn join(&mut self, since: Option<u64>) -> Writer {
-            let (outbox, writer) = outbox(1 << 22, Duration::from_secs(30));
+            let (outbox, writer) = outbox(1 << 22, Budget::new(0), Duration::from_secs(30));
             self.next_member += 1;
             self.rooms.join("r", self.next_member, Arc::new(outbox), since);
             writer

@@ -25,7 +25,7 @@ pub async fn serve<S>(hub: Arc<Hub>, ws: WebSocketStream<S>, admitted: Admitted)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (outbox, writer) = outbox(hub.limits.send_queue_bytes, hub.limits.ping_every);
+    let (outbox, writer) = outbox(hub.limits.send_queue_bytes, hub.send_budget.clone(), hub.limits.ping_every);
     let (sink, mut stream) = ws.split();
     let writer = tokio::spawn(writer.run(sink));
     let drain = hub.lifecycle.drain_moment().fuse();

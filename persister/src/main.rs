@@ -41,9 +41,6 @@ struct Args {
     queue_capacity: usize,
 }
 
-/// Not ready while the store does not answer.
-const STORE_DOWN: &str = "store unreachable";
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -52,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
     persister::metrics::describe();
     let store = MongoStore::connect(&args.mongodb, &args.database).await?;
     let stop = CancellationToken::new();
-    let ready = telemetry::Readiness::new("roomcast_persister_ready", &[STORE_DOWN]);
+    let ready = telemetry::Readiness::new("roomcast_persister_ready", &[telemetry::STARTING]);
     let admin = telemetry::bind(args.metrics_listen, "metrics").await?;
     tokio::spawn(telemetry::serve_admin(admin, metrics, ready.clone(), stop.clone()));
 
@@ -69,22 +66,27 @@ async fn main() -> anyhow::Result<()> {
         ..BatcherConfig::default()
     };
     let persister = Persister::new(Arc::new(store), config);
+    // The store's state is `roomcast_persister_store_up`, not readiness: MongoDB is
+    // shared by every persister, and an outage must not empty the Service.
     let probe = persister.clone();
     tokio::spawn(stop.clone().run_until_cancelled_owned(async move {
         loop {
             let answer = tokio::time::timeout(Duration::from_secs(2), probe.max_seq("_readyz")).await;
-            ready.set(STORE_DOWN, !matches!(answer, Ok(Ok(_))));
+            metrics::gauge!("roomcast_persister_store_up").set(if matches!(answer, Ok(Ok(_))) { 1.0 } else { 0.0 });
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }));
 
     let listener = telemetry::bind(args.listen, "gRPC").await?;
     tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, "persister serving");
+    ready.set(telemetry::STARTING, false);
+    let shutting_down = ready.clone();
     tonic::transport::Server::builder()
         .add_service(PersisterServer::new(PersisterService::new(persister)))
         // Without TCP_NODELAY, Nagle holds small replies for the peer's delayed ACK (~40 ms per hop).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             telemetry::terminated().await;
+            shutting_down.set(telemetry::SHUTTING_DOWN, true);
             stop.cancel();
         })
         .await?;

@@ -5,7 +5,8 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 
 pub fn describe() {
     describe_gauge!("roomcast_persister_queue_depth", "Writes waiting for a batch.");
-    describe_gauge!("roomcast_persister_ready", "1 while ready (what /readyz answers).");
+    describe_gauge!("roomcast_persister_ready", "1 while ready: serving and not shutting down (what /readyz answers).");
+    describe_gauge!("roomcast_persister_store_up", "1 while MongoDB answers a probe.");
     describe_counter!("roomcast_persister_queue_rejections_total", "Writes refused because the queue was full.");
     describe_histogram!("roomcast_persister_batch_size", "Documents per insert_many.");
     describe_histogram!(

@@ -46,11 +46,19 @@ async fn every_dashboard_query_and_alert_has_data_from_a_live_stack() {
     stack.mongo.proc.start();
     support::wait_port(stack.mongo.port, "secantusd-py", Duration::from_secs(60));
 
-    // The metrics endpoints answer in Prometheus text format.
+    // The metrics endpoints answer in Prometheus text format, and every process names the
+    // commit it was built from (telemetry/build.rs).
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=9", "HEAD"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .expect("git rev-parse (the tests run in a git checkout)");
+    let version = format!("version=\"{}+{commit}\"", env!("CARGO_PKG_VERSION"));
     for (name, port) in &stack.metrics_ports {
         let (status, body) = http_get(*port, "/metrics").expect("GET /metrics");
         assert_eq!(status, 200, "{name} /metrics");
-        assert!(body.contains("roomcast_build_info"), "{name} exports build info");
+        let info = body.lines().find(|l| l.starts_with("roomcast_build_info")).unwrap_or_default();
+        assert!(info.contains(&version), "{name} exports build info with {version}: {info:?}");
         assert!(body.contains("process_resident_memory_bytes"), "{name} exports process metrics");
     }
 

@@ -13,6 +13,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Not ready: the process is not serving yet.
+pub const STARTING: &str = "starting";
+/// Not ready: the process got SIGTERM and is on its way out.
+pub const SHUTTING_DOWN: &str = "shutting down";
+
 /// Whether the service can do its work: ready while none of its reasons for not being
 /// ready holds. Whoever knows a reason sets it; `/readyz` and the `ready` gauge read the
 /// same state, so they never disagree.

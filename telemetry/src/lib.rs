@@ -5,12 +5,16 @@ mod admin;
 mod logging;
 mod signal;
 
-pub use admin::{bind, serve_admin, Readiness};
+pub use admin::{bind, serve_admin, Readiness, SHUTTING_DOWN, STARTING};
 pub use logging::init_logging;
 pub use signal::terminated;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// This build's version: the crate version and the git commit it was built from
+/// (telemetry/build.rs), e.g. `0.1.0+3f2a9c1d0`.
+pub const VERSION: &str = env!("ROOMCAST_BUILD_VERSION");
 
 /// Histogram buckets in seconds, from 100 µs to 10 s: chat latencies live in that span.
 const LATENCY_BUCKETS: &[f64] =
@@ -27,7 +31,7 @@ pub fn init_metrics(service: &'static str) -> anyhow::Result<PrometheusHandle> {
         .context("setting size buckets")?
         .install_recorder()
         .context("installing the Prometheus recorder (is another one installed?)")?;
-    metrics::gauge!("roomcast_build_info", "service" => service, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!("roomcast_build_info", "service" => service, "version" => VERSION).set(1.0);
     metrics_process::Collector::default().describe();
     Ok(handle)
 }

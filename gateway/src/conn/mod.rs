@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use governor::DefaultDirectRateLimiter;
-use metrics::Counter;
+use metrics::{Counter, Histogram};
 use persister::HistoryQuery;
 use roomcast_proto::ChatMessage;
 use tokio::sync::mpsc;
@@ -60,6 +60,7 @@ pub struct Conn {
     grant: RoomGrant,
     limiter: DefaultDirectRateLimiter,
     received: &'static Counter,
+    send_duration: &'static Histogram,
     rooms: Mutex<HashSet<String>>,
     sends: OnceLock<SendQueue>,
     /// The connection's place in the admission counts; taken at close.
@@ -78,6 +79,7 @@ impl Conn {
             grant: admitted.rooms,
             limiter: hub.limits.frame_limiter(),
             received: METRICS.frames_received(protocol),
+            send_duration: METRICS.send_duration(protocol),
             rooms: Mutex::default(),
             sends: OnceLock::new(),
             slot: Mutex::new(Some(admitted.slot)),
@@ -138,7 +140,10 @@ impl Conn {
                 let job = SendJob::new(request.room, user, request.text, client_id, on_sent);
                 self.queue(job);
             }
-            Err(err) => on_sent(Sent { client_id, room: request.room, result: Err(self.refused(err)) }),
+            Err(err) => {
+                self.send_duration.record(0.0);
+                on_sent(Sent { client_id, room: request.room, result: Err(self.refused(err)) });
+            }
         }
     }
 
@@ -239,7 +244,7 @@ impl Conn {
     }
 
     fn queue(&self, job: SendJob) {
-        let sends = self.sends.get_or_init(|| SendQueue::start(self.hub.clone()));
+        let sends = self.sends.get_or_init(|| SendQueue::start(self.hub.clone(), self.send_duration));
         if let Err(err) = sends.jobs.try_send(job) {
             let (job, error) = match err {
                 mpsc::error::TrySendError::Full(job) => (job, ClientError::Overloaded { max: SEND_QUEUE }),
@@ -247,6 +252,7 @@ impl Conn {
                     (job, ClientError::Unavailable("the connection is closing; resend after reconnecting".into()))
                 }
             };
+            self.send_duration.record(job.received.elapsed());
             (job.on_sent)(Sent { client_id: job.client_id, room: job.room, result: Err(self.refused(error)) });
         }
     }
@@ -292,9 +298,9 @@ struct SendQueue {
 }
 
 impl SendQueue {
-    fn start(hub: Arc<Hub>) -> Self {
+    fn start(hub: Arc<Hub>, duration: &'static Histogram) -> Self {
         let (jobs, queue) = mpsc::channel(SEND_QUEUE);
-        SendQueue { jobs, task: tokio::spawn(run_sends(hub, queue)) }
+        SendQueue { jobs, task: tokio::spawn(run_sends(hub, queue, duration)) }
     }
 }
 
@@ -304,9 +310,10 @@ impl Drop for SendQueue {
     }
 }
 
-async fn run_sends(hub: Arc<Hub>, mut jobs: mpsc::Receiver<SendJob>) {
+async fn run_sends(hub: Arc<Hub>, mut jobs: mpsc::Receiver<SendJob>, duration: &'static Histogram) {
     while let Some(job) = jobs.recv().await {
         let result = hub.send(job.received, &job.user, &job.room, &job.text, &job.client_id).await;
+        duration.record(job.received.elapsed());
         let outcome = if result.is_ok() { "acked" } else { "error" };
         metrics::counter!("roomcast_gateway_messages_sent_total", "result" => outcome).increment(1);
         if let Err(err) = &result {

@@ -234,6 +234,17 @@ impl Stack {
 
     /// As [`Stack::start`], with extra flags for the persister.
     pub fn start_with(test: &str, gateways: usize, persister_args: &[&str]) -> Stack {
+        Stack::start_from(test, gateways, persister_args, None)
+    }
+
+    /// As [`Stack::start`], with the fanout and persister binaries from `upstream_bins`
+    /// (another release's), and this commit's gateways: a rolling upgrade's skew.
+    pub fn start_skewed(test: &str, gateways: usize, upstream_bins: &Path) -> Stack {
+        Stack::start_from(test, gateways, &[], Some(upstream_bins))
+    }
+
+    fn start_from(test: &str, gateways: usize, persister_args: &[&str], upstream_bins: Option<&Path>) -> Stack {
+        let upstream = |name: &str| upstream_bins.map_or_else(|| bin(name), |dir| dir.join(name));
         let redis = Redis::start(&format!("{test}-redis"));
         let mongo = Mongo::start(&format!("{test}-mongo"));
         let database = format!("roomcast_{test}");
@@ -243,7 +254,7 @@ impl Stack {
         metrics_ports.insert("persister".into(), m);
         let persister = Proc::spawn(
             &format!("{test}-persister"),
-            &bin("persister"),
+            &upstream("persister"),
             &[
                 "--listen".into(),
                 format!("127.0.0.1:{persister_port}"),
@@ -269,23 +280,28 @@ impl Stack {
             gateway_ports: Vec::new(),
             metrics_ports,
         };
+        let fanout = upstream("fanout");
         for i in 0..gateways {
-            stack.add_gateway(test, i);
+            stack.add_gateway(test, i, &fanout);
         }
+        // Ready means serving (readiness is each process's own state, not its
+        // dependencies'): the persister once its indexes exist, a gateway once its broker
+        // link is up.
+        wait_ready(stack.metrics_ports["persister"], Duration::from_secs(60));
         for port in stack.gateway_ports.clone() {
             wait_ready(port, Duration::from_secs(60));
         }
         stack
     }
 
-    fn add_gateway(&mut self, test: &str, i: usize) {
+    fn add_gateway(&mut self, test: &str, i: usize, fanout: &Path) {
         let fanout_port = free_port();
         let (fm, gm, gport) = (free_port(), free_port(), free_port());
         self.metrics_ports.insert(format!("fanout-{i}"), fm);
         self.metrics_ports.insert(format!("gateway-{i}"), gm);
         self.fanouts.push(Proc::spawn(
             &format!("{test}-fanout-{i}"),
-            &bin("fanout"),
+            fanout,
             &[
                 "--listen".into(),
                 format!("127.0.0.1:{fanout_port}"),
