@@ -10,7 +10,8 @@ Checks (each failure is one line, exit 1 if any):
                       a GKE Ingress's Services use NEG (container-native LB)
   backend-config      every cloud.google.com/backend-config annotation names a real
                       BackendConfig (and a real Service port); none on an Ingress
-  hpa-pdb-targets     HPA scaleTargetRef (and container) exists; each PDB selects pods
+  hpa-pdb-targets     HPA scaleTargetRef (and container) exists and sets no replicas
+                      (the HPA owns the count); each PDB selects pods
   monitor-targets     PodMonitor/ServiceMonitor select real pods/Services and ports
   netpol-selectors    each non-empty NetworkPolicy podSelector selects pods
   config-refs         every configMapKeyRef/secretKeyRef names an object and key
@@ -20,7 +21,12 @@ Checks (each failure is one line, exit 1 if any):
   drain               terminationGracePeriodSeconds >= preStop sleep + drain time
                       (ROOMCAST_DRAIN_SECONDS); LB draining and timeout fit
   hardening           every container: requests+limits, read-only root fs, no
-                      privilege escalation, ALL caps dropped, non-root, seccomp
+                      privilege escalation, ALL caps dropped, non-root, seccomp;
+                      the gateway's memory request equals its limit
+  public-front-door   where an Ingress makes the gateway public: tokens required
+                      (ROOMCAST_AUTH_REQUIRED=true) with a key whose Secret is not
+                      optional; the gateway's BackendConfig has cookie affinity (for
+                      Socket.IO long-polling) and a Cloud Armor securityPolicy
 """
 import argparse
 import json
@@ -228,6 +234,9 @@ class Checker:
             if t is None:
                 self.fail("hpa-pdb-targets", f"HPA {self.name(h)}: target {ref['kind']} {ref['name']} does not exist")
                 continue
+            if (t.get("spec") or {}).get("replicas") is not None:
+                self.fail("hpa-pdb-targets", f"{ref['kind']} {ref['name']} sets replicas, but HPA {self.name(h)} owns "
+                          "the count: every apply would reset it and drain the extra pods at once")
             names = {c["name"] for c in self.all_containers(t)}
             for m in h["spec"].get("metrics") or []:
                 cr = m.get("containerResource")
@@ -412,9 +421,59 @@ class Checker:
                     self.fail("hardening", f"{where}: capabilities do not drop ALL")
                 if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
                     self.fail("hardening", f"{where}: runAsNonRoot is not set")
+                if c["name"] == "gateway" and (res.get("requests") or {}).get("memory") != \
+                        (res.get("limits") or {}).get("memory"):
+                    self.fail("hardening", f"{where}: memory request differs from the limit that the connection cap "
+                              "and the send-queue budget are sized for")
+
+    def gateway_backend_configs(self):
+        """The BackendConfigs the gateway Service's annotation names."""
+        svc = next((s for s in self.of("Service") if self.name(s) == "gateway"), None)
+        raw = ((svc or {}).get("metadata", {}).get("annotations") or {}).get("cloud.google.com/backend-config")
+        try:
+            cfg = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            return []  # backend_config reports it
+        names = ([cfg["default"]] if "default" in cfg else []) + list((cfg.get("ports") or {}).values())
+        return [bc for n in names if (bc := self.find("BackendConfig", n, self.ns(svc))) is not None]
+
+    def public_front_door(self):
+        if not self.of("Ingress"):
+            return  # not public: the dev overlay
+        for w in self.workloads():
+            for c in self.pod_spec(w).get("containers") or []:
+                if c["name"] != "gateway":
+                    continue
+                where = f"{w['kind']} {self.name(w)}/gateway"
+                required = self.env_value(w, c, "ROOMCAST_AUTH_REQUIRED")
+                if str(required).lower() != "true":
+                    self.fail("public-front-door", f"{where}: ROOMCAST_AUTH_REQUIRED is {required!r}: a public "
+                              "gateway must require tokens")
+                keys = [e for e in c.get("env") or []
+                        if e["name"] in ("ROOMCAST_AUTH_JWT_SECRET", "ROOMCAST_AUTH_JWT_PUBLIC_KEY")]
+                if not keys:
+                    self.fail("public-front-door", f"{where}: no ROOMCAST_AUTH_JWT_SECRET or _PUBLIC_KEY")
+                for e in keys:
+                    ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                    if ref and ref.get("optional", False):
+                        self.fail("public-front-door", f"{where}: {e['name']} comes from an optional Secret: a "
+                                  "missing Secret would silently turn auth off")
+        bcs = self.gateway_backend_configs()
+        if not bcs:
+            self.fail("public-front-door", "the gateway Service names no BackendConfig")
+        for bc in bcs:
+            spec = bc.get("spec") or {}
+            aff = spec.get("sessionAffinity") or {}
+            if aff.get("affinityType") != "GENERATED_COOKIE" or not aff.get("affinityCookieTtlSec"):
+                self.fail("public-front-door", f"BackendConfig {self.name(bc)}: sessionAffinity "
+                          f"{aff.get('affinityType')!r}: Socket.IO long-polling needs GENERATED_COOKIE with a TTL, "
+                          "or its requests reach different pods")
+            if not (spec.get("securityPolicy") or {}).get("name"):
+                self.fail("public-front-door", f"BackendConfig {self.name(bc)}: no Cloud Armor securityPolicy "
+                          "(the per-client rate limit behind the load balancer)")
 
     CHECKS = ("service_selectors", "ingress_backends", "backend_config", "hpa_pdb_targets", "monitor_targets",
-              "netpol_selectors", "config_refs", "probes", "drain", "hardening")
+              "netpol_selectors", "config_refs", "probes", "drain", "hardening", "public_front_door")
 
     def run(self):
         for c in self.CHECKS:

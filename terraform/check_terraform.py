@@ -281,6 +281,12 @@ def check_k8s(cfg: Config, problems):
         if fc["spec"].get("sslPolicy") != pol:
             problems.append(f"FrontendConfig {fc['metadata']['name']} uses sslPolicy {fc['spec'].get('sslPolicy')!r}, "
                             f"terraform creates {pol!r}")
+    armor = tf_name("google_compute_security_policy", "edge")
+    for bc in docs("backendconfig.yaml"):
+        used = (bc["spec"].get("securityPolicy") or {}).get("name")
+        if used != armor:
+            problems.append(f"BackendConfig {bc['metadata']['name']} uses securityPolicy {used!r}, "
+                            f"terraform creates {armor!r}")
     rng = render_default(cfg, "${var.redis_reserved_ip_range}")
     cidrs = [peer.get("ipBlock", {}).get("cidr")
              for np_ in docs("networkpolicies.yaml") if np_["metadata"]["name"] == "gateway-to-memorystore"

@@ -47,3 +47,8 @@ output "deployer_service_account" {
   description = "Email of the minimum-permission deployer service account (subject of deploy/rbac)."
   value       = google_service_account.deployer.email
 }
+
+output "security_policy_name" {
+  description = "Name of the Cloud Armor policy, as used by the gateway BackendConfig's spec.securityPolicy.name."
+  value       = google_compute_security_policy.edge.name
+}

@@ -26,6 +26,10 @@ resource "google_redis_instance" "roomcast" {
     }
   }
 
+  # Holds every room's sequence counters: `terraform destroy` (or a change that
+  # forces replacement) fails instead of losing them. Terraform allows no variable
+  # here, so var.deletion_protection does not cover this instance: to tear it down,
+  # delete this block first, deliberately.
   lifecycle {
     prevent_destroy = true
   }

@@ -1,4 +1,7 @@
-# Container images, tags immutable (a tag is never rebuilt in place).
+# Container images. Tags are immutable: a pushed tag (the commit) can never be
+# re-pointed at another build, and pushing an existing tag again fails. The tag only
+# names a build for people; the gke overlay deploys by digest (images: digest, set
+# by CI with `kustomize edit set image`; deploy/README.md step 6).
 resource "google_artifact_registry_repository" "images" {
   location      = var.region
   repository_id = var.name_prefix

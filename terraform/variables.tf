@@ -102,7 +102,13 @@ variable "deployer_service_account_id" {
 }
 
 variable "deletion_protection" {
-  description = "Protect the cluster and the Redis instance from `terraform destroy`. Turn off only to tear the environment down."
+  description = "Deletion protection of the GKE cluster only (its deletion_protection argument). The Redis instance (and the KMS key) are protected by lifecycle prevent_destroy, which no variable can switch: to destroy Redis, delete that block from redis.tf first. Turn off only to tear the environment down."
   type        = bool
   default     = true
+}
+
+variable "edge_requests_per_minute" {
+  description = "Cloud Armor: requests one client IP may make per minute before it gets 429 (terraform/armor.tf). A WebSocket client makes one per connection, a Socket.IO client a few more while it long-polls; the default leaves room for an office of a few hundred behind one NAT."
+  type        = number
+  default     = 1200
 }

@@ -199,7 +199,8 @@ REF_BREAKS = {
         lambda d: find(d, "Deployment", "persister")["spec"]["template"]["spec"]["securityContext"].pop(
             "seccompProfile"), r"seccompProfile is not RuntimeDefault"),
     "persister-url-wrong-port": (
-        lambda d: container(d, "gateway")["env"][3].update(value="http://persister:50053"),
+        lambda d: next(e for e in container(d, "gateway")["env"] if e["name"] == "ROOMCAST_PERSISTER_URL").update(
+            value="http://persister:50053"),
         r"ROOMCAST_PERSISTER_URL 'http://persister:50053' is not a Service port"),
     "readiness-path-wrong": (
         lambda d: container(d, "gateway")["readinessProbe"]["httpGet"].update(path="/ready"),
@@ -219,6 +220,23 @@ REF_BREAKS = {
         r"has no key MONGO_URL"),
     "no-memory-limit": (
         lambda d: container(d, "gateway")["resources"]["limits"].pop("memory"), r"no limits.memory"),
+    "hpa-target-sets-replicas": (
+        lambda d: find(d, "Deployment", "gateway")["spec"].update(replicas=3), r"sets replicas, but HPA gateway"),
+    "auth-not-required": (
+        lambda d: [c["data"].update(ROOMCAST_AUTH_REQUIRED="false") for c in d
+                   if c["kind"] == "ConfigMap" and c["metadata"]["name"].startswith("roomcast-config")],
+        r"ROOMCAST_AUTH_REQUIRED is 'false'"),
+    "auth-secret-optional": (
+        lambda d: next(e for e in container(d, "gateway")["env"] if e["name"] == "ROOMCAST_AUTH_JWT_SECRET")[
+            "valueFrom"]["secretKeyRef"].update(optional=True), r"optional Secret"),
+    "no-polling-affinity": (
+        lambda d: find(d, "BackendConfig")["spec"].update(sessionAffinity={"affinityType": "NONE"}),
+        r"Socket.IO long-polling needs GENERATED_COOKIE"),
+    "no-cloud-armor": (
+        lambda d: find(d, "BackendConfig")["spec"].pop("securityPolicy"), r"no Cloud Armor securityPolicy"),
+    "gateway-memory-request-below-limit": (
+        lambda d: container(d, "gateway")["resources"]["requests"].update(memory="256Mi"),
+        r"memory request differs from the limit"),
     "writable-root-fs": (
         lambda d: container(d, "fanout")["securityContext"].update(readOnlyRootFilesystem=False),
         r"root filesystem is not read-only"),
@@ -309,6 +327,7 @@ TF_SCHEMA_BREAKS = {
     "unknown-resource-type": ("registry.tf", 'resource "google_artifact_registry_repository" "images"',
                               'resource "google_artifact_registry_repo" "images"',
                               r"resource type google_artifact_registry_repo is not in"),
+    "unknown-armor-argument": ("armor.tf", "enforce_on_key", "enforce_on", r"unknown argument enforce_on"),
     "unknown-attribute": ("outputs.tf", "google_redis_instance.roomcast.host", "google_redis_instance.roomcast.hostname",
                           r"has no attribute hostname"),
 }
@@ -323,9 +342,11 @@ def test_terraform_schema_rejects(tfcopy, case):
 
 def test_terraform_k8s_names_reject_mismatch(tfcopy):
     edit(tfcopy / "network.tf", '"${var.name_prefix}-ingress"', '"${var.name_prefix}-ip"')
+    edit(tfcopy / "armor.tf", '"${var.name_prefix}-edge"', '"${var.name_prefix}-armor"')
     edit(tfcopy / "variables.tf", 'default     = "10.30.0.0/29"', 'default     = "10.31.0.0/29"')
     out = expect_fail("tf-k8s-names", tfcopy, match=r"terraform creates 'roomcast-ip'")
     assert "Memorystore's range is 10.31.0.0/29" in out
+    assert "terraform creates 'roomcast-armor'" in out
 
 
 def test_checkov_terraform_rejects_insecure(tmp_path):
