@@ -310,6 +310,12 @@ BAD_FRAMES_DESC = ("Client frames (Socket.IO events) the gateway refused, by kin
                    "rate_limited (over ROOMCAST_FRAMES_PER_SECOND, burst ROOMCAST_FRAME_BURST), too_many_rooms "
                    "(ROOMCAST_MAX_ROOMS_PER_CONNECTION), overloaded (too many sends waiting for their acks), "
                    "forbidden_room (the client's token does not grant the room).")
+SEND_LATENCY_DESC = ("roomcast_gateway_send_duration_seconds: from a send's arrival at the gateway to its answer (ack or error, "
+                     "refusals included), p50 and p99 by protocol: what a sender waits. Alert RoomcastSendLatencySLO: "
+                     "fewer than 99% of sends answered within 500ms.")
+SEND_ERRORS_DESC = ("Share of client sends answered with an error (roomcast_gateway_messages_sent_total{result=\"error\"}): "
+                    "server-side failures, unavailable or timeout; refusals of bad or over-limit frames are bad frames, not "
+                    "errors. Alert RoomcastSendErrorRatio: above 1% for 5 minutes.")
 REFUSED_DESC = ("roomcast_gateway_refused_connections_total: connections refused before any room was touched, by reason. "
                 "origin_not_allowed (ROOMCAST_ALLOWED_ORIGINS), token_missing / token_invalid / token_expired (JWT), "
                 "server_full (the gateway holds ROOMCAST_MAX_CONNECTIONS), too_many_connections "
@@ -337,14 +343,17 @@ def overview() -> dict:
 
     b.row("1. Client send (gateway ingress)")
     b.add(timeseries("Client sends by result", "roomcast_gateway_messages_sent_total: acked = the send was sequenced and published; error = the client got an error.",
-                     [(srate("roomcast_gateway_messages_sent_total", "result"), "{{result}}")], unit="reqps", stack=True), w=6)
-    b.add(timeseries("Send error ratio", "Share of client sends answered with an error.",
+                     [(srate("roomcast_gateway_messages_sent_total", "result"), "{{result}}")], unit="reqps", stack=True))
+    b.add(timeseries("Send error ratio", SEND_ERRORS_DESC,
                      [(ratio(srate("roomcast_gateway_messages_sent_total", extra='result="error"'),
-                             srate("roomcast_gateway_messages_sent_total")), "error ratio")], unit="percentunit"), w=6)
+                             srate("roomcast_gateway_messages_sent_total")), "error ratio")], unit="percentunit"))
+    b.add(timeseries("Send → ack latency", SEND_LATENCY_DESC,
+                     [(quantile(0.5, "roomcast_gateway_send_duration_seconds", "protocol"), "{{protocol}} p50"),
+                      (quantile(0.99, "roomcast_gateway_send_duration_seconds", "protocol"), "{{protocol}} p99")], unit="s"))
     b.add(timeseries("Bad frames by kind (incl. limit refusals)", BAD_FRAMES_DESC,
-                     [(srate("roomcast_gateway_bad_frames_total", "kind"), "{{kind}}")], unit="reqps", stack=True), w=6)
+                     [(srate("roomcast_gateway_bad_frames_total", "kind"), "{{kind}}")], unit="reqps", stack=True), w=12)
     b.add(timeseries("Refused connections by reason", REFUSED_DESC,
-                     [(srate("roomcast_gateway_refused_connections_total", "reason"), "{{reason}}")], unit="reqps", stack=True), w=6)
+                     [(srate("roomcast_gateway_refused_connections_total", "reason"), "{{reason}}")], unit="reqps", stack=True), w=12)
 
     b.row("2. Publish (gateway -> fanout -> Redis)")
     b.add(timeseries("Fanout publishes by result", "Publishes to Redis by the fanout tier.",
@@ -415,8 +424,14 @@ def gateway() -> dict:
                       (srate("roomcast_gateway_frames_sent_total", "protocol"), "out {{protocol}}")], unit="reqps"))
     b.add(timeseries("Client sends by result", "acked or error.",
                      [(srate("roomcast_gateway_messages_sent_total", "result"), "{{result}}")], unit="reqps", stack=True))
+    b.add(timeseries("Failed sends (ratio)", SEND_ERRORS_DESC,
+                     [(ratio(srate("roomcast_gateway_messages_sent_total", extra='result="error"'),
+                             srate("roomcast_gateway_messages_sent_total")), "error ratio")], unit="percentunit"))
+    b.add(timeseries("Send → ack latency", SEND_LATENCY_DESC,
+                     [(quantile(0.5, "roomcast_gateway_send_duration_seconds", "protocol"), "{{protocol}} p50"),
+                      (quantile(0.99, "roomcast_gateway_send_duration_seconds", "protocol"), "{{protocol}} p99")], unit="s"), w=12)
     b.add(timeseries("Bad frames by kind (incl. limit refusals)", BAD_FRAMES_DESC,
-                     [(srate("roomcast_gateway_bad_frames_total", "kind"), "{{kind}}")], unit="reqps", stack=True))
+                     [(srate("roomcast_gateway_bad_frames_total", "kind"), "{{kind}}")], unit="reqps", stack=True), w=12)
 
     b.row("Delivery")
     b.add(timeseries("Deliveries to clients", "Messages written to client connections per second, per pod.",
