@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Builds the fanout and persister of the previous release, the newest tag `v*` before
-# HEAD, into .tools/previous-release/TAG/bin (once per tag), and prints that directory:
-# the version-skew test runs this commit's gateways against them.
+# Builds the fanout and persister of the previous release (scripts/previous-release:
+# its name and commit, which a clone has even without tags) into
+# .tools/previous-release/NAME/bin, once per release, and prints that directory: the
+# version-skew test runs this commit's gateways against them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tag="$(git describe --tags --abbrev=0 --match 'v*' HEAD^ 2>/dev/null)" || {
-  echo "build-previous-release: no release tag (v*) before HEAD; tag the release this one must stay compatible with (git tag -a vX.Y.Z COMMIT)" >&2
+read -r tag commit < <(grep -v '^#' scripts/previous-release)
+git cat-file -e "$commit^{commit}" 2>/dev/null || {
+  echo "build-previous-release: commit $commit of $tag is not in this clone (a shallow clone? git fetch --unshallow)" >&2
   exit 1
 }
 out="$PWD/.tools/previous-release/$tag"
@@ -14,7 +16,7 @@ if [[ ! -x "$out/bin/fanout" || ! -x "$out/bin/persister" ]]; then
   echo "build-previous-release: building fanout and persister of $tag" >&2
   rm -rf "$out/src"
   mkdir -p "$out/src" "$out/bin"
-  git archive "$tag" | tar -x -C "$out/src"
+  git archive "$commit" | tar -x -C "$out/src"
   (cd "$out/src" && CARGO_TARGET_DIR="$out/target" cargo build --locked --bins -p fanout -p persister) >&2
   cp "$out/target/debug/fanout" "$out/target/debug/persister" "$out/bin/"
   rm -rf "$out/src"

@@ -1,7 +1,8 @@
 //! Version skew, as during a rolling upgrade or a rollback: this commit's gateways
-//! against the fanout and persister of the previous release (the newest `v*` tag before
-//! HEAD, built by scripts/build-previous-release.sh) still keep the contract: every
-//! message acked and stored once, delivered once in one order, and recovered by `since`.
+//! against the fanout and persister of the previous release (named in
+//! scripts/previous-release, built by scripts/build-previous-release.sh) still keep the
+//! contract: every message acked and stored once, delivered once in one order, and
+//! recovered by `since`.
 
 mod support;
 
