@@ -294,3 +294,31 @@ async fn a_client_that_answers_nothing_is_closed_and_a_live_one_stays() {
     assert_eq!(metric(metrics, "roomcast_gateway_disconnects_total{protocol=\"ws\",reason=\"silent\"}"), 1.0);
     drop(gone);
 }
+
+/// `--auth-required` without a key to check tokens with would refuse everyone, or (with
+/// a bug) let everyone in: both binaries refuse to start instead, saying why. The GKE
+/// overlay relies on this to fail closed.
+#[test]
+fn auth_required_without_a_key_refuses_to_start() {
+    for binary in ["gateway", "roomcast"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(bin(binary))
+            .args(["--auth-required", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .env_remove("ROOMCAST_AUTH_JWT_SECRET")
+            .env_remove("ROOMCAST_AUTH_JWT_PUBLIC_KEY")
+            .current_dir(dir.path())
+            .output()
+            .expect("run the binary");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{binary} started with --auth-required and no key");
+        assert!(stderr.contains("--auth-required needs --auth-jwt-secret"), "{binary}: {stderr}");
+        // An empty key (a Secret with an empty value) is no key either.
+        let out = Command::new(bin(binary))
+            .args(["--auth-required", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .env("ROOMCAST_AUTH_JWT_SECRET", "")
+            .current_dir(dir.path())
+            .output()
+            .expect("run the binary");
+        assert!(!out.status.success(), "{binary} started with an empty key");
+    }
+}
