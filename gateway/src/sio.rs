@@ -104,14 +104,18 @@ impl Reply {
         let _ = ack.send(value);
     }
 
-    /// The one place an error becomes an answer.
+    /// An error as an answer: the ack, and for the original app's events the `error` event.
     fn error(self, err: &ClientError, client_id: Option<&str>, room: Option<&str>) {
-        let error = json!({"code": err.code(), "message": err.to_string()});
         if let Reply::Original(socket, _) = &self {
-            let _ = socket.emit("error", &json!({"code": err.code(), "message": err.to_string(), "room": room}));
+            emit_error(socket, err, room);
         }
-        self.ack(&json!({"error": error, "client_id": client_id}));
+        self.ack(&json!({"error": {"code": err.code(), "message": err.to_string()}, "client_id": client_id}));
     }
+}
+
+/// The original app's `error` event, `{code, message, room}`: the one place it is built.
+fn emit_error(socket: &SocketRef, err: &ClientError, room: Option<&str>) {
+    let _ = socket.emit("error", &json!({"code": err.code(), "message": err.to_string(), "room": room}));
 }
 
 fn on_connect(socket: SocketRef, conn: Arc<Conn>) {
@@ -121,15 +125,12 @@ fn on_connect(socket: SocketRef, conn: Arc<Conn>) {
     let s = state.clone();
     socket.on("join_room", move |socket: SocketRef, Data(JoinRoomArgs(room, previous)): Data<JoinRoomArgs>| {
         inline(move || {
-            let reply = |err: ClientError, room: Option<&str>| {
-                let _ = socket.emit("error", &json!({"code": err.code(), "message": err.to_string(), "room": room}));
-            };
             if let Err(err) = s.conn.received() {
-                return reply(err, room.as_deref());
+                return emit_error(&socket, &err, room.as_deref());
             }
             let Some(room) = room else {
                 let message = "join_room(roomId, previousRoomId?) needs a roomId";
-                return reply(s.conn.refused(ClientError::bad_request(Malformed::Field, message)), None);
+                return emit_error(&socket, &s.conn.refused(ClientError::bad_request(Malformed::Field, message)), None);
             };
             if let Some(previous) = previous.filter(|p| *p != room) {
                 let _ = s.conn.leave(&previous);
@@ -304,9 +305,7 @@ fn join(
     if let Err(err) = state.conn.join(&room, since, sink.clone()) {
         match sink.join_ack.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(ack) => Reply::Ack(ack).error(&err, None, Some(&room)),
-            None => {
-                let _ = socket.emit("error", &json!({"code": err.code(), "message": err.to_string(), "room": room}));
-            }
+            None => emit_error(socket, &err, Some(&room)),
         }
     }
 }
