@@ -44,9 +44,15 @@ pub struct Admitted {
     pub slot: Slot,
 }
 
+/// The readiness reason while every place is taken.
+pub const FULL: &str = "at its connection cap";
+
 pub struct Admission {
     access: Access,
     limits: Limits,
+    /// Not ready ([`FULL`]) while every place is taken: the count that refuses
+    /// `server_full` is the one that turns the pod unready.
+    ready: telemetry::Readiness,
     max_connections: usize,
     max_per_ip: usize,
     open: Mutex<Counts>,
@@ -67,6 +73,9 @@ pub struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut counts = self.admission.counts();
+        if counts.total == self.admission.max_connections {
+            self.admission.ready.set(FULL, false);
+        }
         counts.total -= 1;
         if let Some(ip) = self.ip {
             if let Some(n) = counts.per_ip.get_mut(&ip) {
@@ -81,15 +90,21 @@ impl Drop for Slot {
 
 impl Admission {
     /// `0` as a connection limit means no limit.
-    pub fn new(access: Access, limits: Limits) -> Self {
+    pub fn new(access: Access, limits: Limits, ready: telemetry::Readiness) -> Self {
         let unlimited = |n: usize| if n == 0 { usize::MAX } else { n };
         Self {
             access,
             max_connections: unlimited(limits.max_connections),
             max_per_ip: unlimited(limits.max_connections_per_ip),
             limits,
+            ready,
             open: Mutex::default(),
         }
+    }
+
+    /// Connections holding a place now.
+    pub fn open(&self) -> usize {
+        self.counts().total
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -149,6 +164,9 @@ impl Admission {
             *n += 1;
         }
         counts.total += 1;
+        if counts.total == self.max_connections {
+            self.ready.set(FULL, true);
+        }
         Ok(Slot { admission: self.clone(), ip })
     }
 }
@@ -157,6 +175,10 @@ impl Admission {
 mod tests {
     use super::*;
 
+    fn ready() -> telemetry::Readiness {
+        telemetry::Readiness::new("test_ready", &[])
+    }
+
     fn offer(ip: &str) -> Offer<'static> {
         Offer { ip: Some(ip.parse().expect("ip")), origin: None, token: None, user: Some("ada") }
     }
@@ -164,20 +186,23 @@ mod tests {
     #[test]
     fn per_ip_and_total_limits_free_their_place_on_drop() {
         let limits = Limits { max_connections: 3, max_connections_per_ip: 2, ..Limits::default() };
-        let admission = Arc::new(Admission::new(Access::default(), limits));
+        let admission = Arc::new(Admission::new(Access::default(), limits, ready()));
         let a = admission.admit(offer("10.0.0.1")).expect("first");
         let _b = admission.admit(offer("10.0.0.1")).expect("second");
         assert_eq!(admission.admit(offer("10.0.0.1")).err().map(|r| r.code()), Some("too_many_connections"));
         let _c = admission.admit(offer("10.0.0.2")).expect("other ip");
         assert_eq!(admission.admit(offer("10.0.0.3")).err().map(|r| r.code()), Some("server_full"));
+        assert_eq!(admission.ready.not_ready_reason(), Some(FULL), "full is not ready");
         drop(a);
+        assert!(admission.ready.is_ready(), "a free place is ready again");
+        assert_eq!(admission.open(), 2);
         admission.admit(offer("10.0.0.1")).expect("a place was freed");
     }
 
     #[test]
     fn origins_outside_the_list_are_refused() {
         let access = Access { allowed_origins: vec!["https://chat.example".into()], ..Access::default() };
-        let admission = Arc::new(Admission::new(access, Limits::default()));
+        let admission = Arc::new(Admission::new(access, Limits::default(), ready()));
         let from = |origin| Offer { origin: Some(origin), ..offer("10.0.0.1") };
         assert!(admission.admit(from("https://chat.example")).is_ok());
         assert_eq!(admission.admit(from("https://evil.example")).err().map(|r| r.code()), Some("origin_not_allowed"));
@@ -190,13 +215,13 @@ mod tests {
             auth_required: true,
             ..Access::default()
         };
-        let admission = Arc::new(Admission::new(access, Limits::default()));
+        let admission = Arc::new(Admission::new(access, Limits::default(), ready()));
         assert_eq!(admission.admit(offer("10.0.0.1")).err().map(|r| r.code()), Some("token_missing"));
     }
 
     #[test]
     fn a_bad_user_name_is_refused_at_connect() {
-        let admission = Arc::new(Admission::new(Access::default(), Limits::default()));
+        let admission = Arc::new(Admission::new(Access::default(), Limits::default(), ready()));
         let named = |user| Offer { user: Some(user), ..offer("10.0.0.1") };
         assert_eq!(admission.admit(named("no spaces")).err().map(|r| r.code()), Some("invalid_user"));
         assert!(admission.admit(named("ada")).is_ok());

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::admission::{Offer, PeerAddr};
+use crate::admission::{Offer, PeerAddr, FULL};
 use crate::hub::Hub;
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
@@ -212,6 +212,11 @@ fn upgrade(hub: Arc<Hub>, req: Request<Incoming>) -> Reply {
         token: token.as_deref(),
         user: user.as_deref(),
     };
+    // Starting or draining: no upgrade. A full gateway is refused by admission itself,
+    // with its own code (server_full), and the place it takes must not count against it.
+    if let Some(why) = hub.ready.not_ready_reason().filter(|why| *why != FULL) {
+        return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not accepting connections: {why}\n"));
+    }
     let admitted = match hub.admission.admit(offer) {
         Ok(admitted) => admitted,
         Err(refused) => return respond(refused.status(), "text/plain", format!("{}: {refused}\n", refused.code())),
@@ -228,9 +233,6 @@ fn upgrade(hub: Arc<Hub>, req: Request<Incoming>) -> Reply {
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
         return bad_request("missing Sec-WebSocket-Key".into());
     };
-    if let Some(why) = hub.ready.not_ready_reason() {
-        return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not accepting connections: {why}\n"));
-    }
     if let Some(own_close) = req.extensions().get::<OwnClose>() {
         own_close.0.store(true, Ordering::Relaxed);
     }

@@ -3,7 +3,7 @@
 //! a durable write, a publish, then the ack). Publishing after the write means nothing
 //! reaches a room that the store does not hold.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use rand::Rng;
 use roomcast_proto::{now_millis, ChatMessage};
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::Admission;
+use crate::admission::{Access, Admission};
 use crate::error::ClientError;
 use crate::limits::Limits;
 use crate::outbox::Budget;
@@ -26,13 +26,13 @@ const ATTEMPTS: usize = 5;
 /// many wait ahead of it on its connection (docs/RELIABILITY.md).
 pub const SEND_DEADLINE: Duration = Duration::from_secs(15);
 
-/// The reasons a gateway is not ready (what `/readyz` says). Readiness is this pod's own
-/// state only: whether it can take more connections. A broker or store outage is shared
+/// The reasons a gateway is not ready (what `/readyz` says; admission adds
+/// [`crate::admission::FULL`]). Readiness is this pod's own state only: whether it can
+/// take more connections. A broker or store outage is shared
 /// by every pod, so it shows as `unavailable` answers, the `*_up` gauges and alerts,
 /// never as unreadiness, which would empty the load balancer all at once.
 pub const STARTING: &str = "starting: the broker link is not up yet";
 pub const DRAINING: &str = "draining";
-pub const FULL: &str = "at its connection cap";
 
 pub(crate) struct Hub {
     pub broker: Arc<dyn Broker>,
@@ -45,7 +45,6 @@ pub(crate) struct Hub {
     /// The bytes queued towards every `/ws` client, bounded.
     pub send_budget: Arc<Budget>,
     next_member: AtomicU64,
-    connections: AtomicUsize,
 }
 
 /// The gateway's shutdown, in three steps: `closing` stops accepting connections,
@@ -91,19 +90,19 @@ impl Hub {
         archive: Arc<dyn Archive>,
         rooms: Arc<Rooms>,
         limits: Limits,
-        admission: Admission,
+        access: Access,
     ) -> Self {
+        let ready = telemetry::Readiness::new("roomcast_gateway_ready", &[STARTING]);
         Self {
             broker,
             archive,
             rooms,
-            admission: Arc::new(admission),
+            admission: Arc::new(Admission::new(access, limits.clone(), ready.clone())),
             send_budget: Budget::new(limits.send_queue_budget_bytes),
             limits,
-            ready: telemetry::Readiness::new("roomcast_gateway_ready", &[STARTING]),
+            ready,
             lifecycle: Lifecycle::new(),
             next_member: AtomicU64::new(1),
-            connections: AtomicUsize::new(0),
         }
     }
 
@@ -111,24 +110,17 @@ impl Hub {
         self.next_member.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Connections held now: those with a place in admission.
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
+        self.admission.open()
     }
 
     pub fn connection_opened(&self, protocol: &'static str) {
-        let open = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        if open == self.limits.max_connections {
-            self.ready.set(FULL, true);
-        }
         metrics::counter!("roomcast_gateway_connects_total", "protocol" => protocol).increment(1);
         metrics::gauge!("roomcast_gateway_connections", "protocol" => protocol).increment(1.0);
     }
 
     pub fn connection_closed(&self, protocol: &'static str, reason: &'static str) {
-        let was = self.connections.fetch_sub(1, Ordering::Relaxed);
-        if was == self.limits.max_connections {
-            self.ready.set(FULL, false);
-        }
         metrics::counter!("roomcast_gateway_disconnects_total", "protocol" => protocol, "reason" => reason)
             .increment(1);
         metrics::gauge!("roomcast_gateway_connections", "protocol" => protocol).decrement(1.0);

@@ -46,7 +46,6 @@ pub use limits::Limits;
 pub use metrics::describe as describe_metrics;
 pub use upstream::Metered;
 
-use admission::Admission;
 use hub::{Hub, DRAINING};
 use rooms::Rooms;
 
@@ -62,8 +61,7 @@ impl Gateway {
     pub fn start(broker: Arc<dyn Broker>, archive: Arc<dyn Archive>, limits: Limits, access: Access) -> Self {
         let (interests, interest_rx) = mpsc::unbounded_channel();
         let rooms = Arc::new(Rooms::new(archive.clone(), interests, limits.clone()));
-        let admission = Admission::new(access, limits.clone());
-        let hub = Arc::new(Hub::new(broker.clone(), archive, rooms.clone(), limits, admission));
+        let hub = Arc::new(Hub::new(broker.clone(), archive, rooms.clone(), limits, access));
         let stopped = hub.lifecycle.stopped.clone();
         tokio::spawn(link::keep_link(broker, rooms, interest_rx, hub.ready.clone(), stopped.clone()));
         tokio::spawn(stopped.clone().run_until_cancelled_owned(probe_store(hub.clone())));
