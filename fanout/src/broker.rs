@@ -1,10 +1,11 @@
 //! The broker interface shared by the embedded and the Redis implementations.
 
 use async_trait::async_trait;
-use roomcast_proto::{ChatMessage, Event, Interest};
+use roomcast_proto::{ChatMessage, Event, HeartbeatReply, Interest, PresenceEntry, RoomSignal, RoomTouch, RoomsReply};
 use tokio::sync::mpsc;
 
-/// Room fan-out plus per-room sequence numbers.
+/// Room fan-out plus per-room sequence numbers, and the ephemeral room state beside
+/// them: presence, typing, live gateways and the room directory (see `presence`).
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// The next sequence number of `room`, or `None` when the broker does not know the
@@ -16,6 +17,18 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, msg: &ChatMessage) -> Result<(), BrokerError>;
     /// Opens a link: the subscription channel of one gateway.
     async fn connect(&self) -> Result<Link, BrokerError>;
+    /// Carries a signal to every link subscribed to its room; a presence change is also
+    /// kept, for [`Broker::presence`].
+    async fn signal(&self, signal: &RoomSignal) -> Result<(), BrokerError>;
+    /// The presence entries of `room`, of live gateways only.
+    async fn presence(&self, room: &str) -> Result<Vec<PresenceEntry>, BrokerError>;
+    /// Keeps `gateway` alive for [`crate::GATEWAY_TTL`], or forgets it when `gone`, and
+    /// trims the directory; answers the live gateways and the directory's size.
+    async fn heartbeat(&self, gateway: &str, gone: bool) -> Result<HeartbeatReply, BrokerError>;
+    /// Marks rooms active now; a non-empty name names the room in the directory.
+    async fn touch(&self, rooms: &[RoomTouch]) -> Result<(), BrokerError>;
+    /// A page of the directory, most recently active first, with member counts.
+    async fn rooms(&self, offset: u32, limit: u32) -> Result<RoomsReply, BrokerError>;
 }
 
 /// One gateway's subscription: it sends [`Interest`]s and receives [`Event`]s.

@@ -5,7 +5,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use roomcast_proto::dial;
 use roomcast_proto::fanout_client::FanoutClient as Grpc;
-use roomcast_proto::{ChatMessage, NextSeqRequest, SeedRequest};
+use roomcast_proto::{
+    ChatMessage, HeartbeatReply, HeartbeatRequest, NextSeqRequest, PresenceEntry, PresenceRequest, RoomSignal,
+    RoomTouch, RoomsReply, RoomsRequest, SeedRequest, TouchRequest,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -80,5 +83,30 @@ impl Broker for FanoutClient {
             }
         });
         Ok(Link { interests, events })
+    }
+
+    async fn signal(&self, signal: &RoomSignal) -> Result<(), BrokerError> {
+        let mut grpc = self.grpc.clone();
+        call("signal", grpc.signal(signal.clone())).await.map(drop)
+    }
+
+    async fn presence(&self, room: &str) -> Result<Vec<PresenceEntry>, BrokerError> {
+        let mut grpc = self.grpc.clone();
+        Ok(call("presence", grpc.presence(PresenceRequest { room: room.to_owned() })).await?.entries)
+    }
+
+    async fn heartbeat(&self, gateway: &str, gone: bool) -> Result<HeartbeatReply, BrokerError> {
+        let mut grpc = self.grpc.clone();
+        call("heartbeat", grpc.heartbeat(HeartbeatRequest { gateway: gateway.to_owned(), gone })).await
+    }
+
+    async fn touch(&self, rooms: &[RoomTouch]) -> Result<(), BrokerError> {
+        let mut grpc = self.grpc.clone();
+        call("touch", grpc.touch(TouchRequest { rooms: rooms.to_vec() })).await.map(drop)
+    }
+
+    async fn rooms(&self, offset: u32, limit: u32) -> Result<RoomsReply, BrokerError> {
+        let mut grpc = self.grpc.clone();
+        call("rooms", grpc.rooms(RoomsRequest { offset, limit })).await
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use fanout::{FanoutService, RedisBroker};
+use fanout::{DirectoryArgs, FanoutService, RedisBroker};
 use roomcast_proto::fanout_server::FanoutServer;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -22,6 +22,8 @@ struct Args {
     /// Redis URL, e.g. redis://:PASSWORD@127.0.0.1:6379/0 (this build has no TLS: no rediss://).
     #[arg(long, env = "ROOMCAST_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     redis: String,
+    #[command(flatten)]
+    directory: DirectoryArgs,
 }
 
 #[tokio::main]
@@ -30,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init_logging("fanout");
     let metrics = telemetry::init_metrics("fanout")?;
     fanout::metrics::describe();
-    let broker = RedisBroker::open(&args.redis)?;
+    let broker = RedisBroker::open(&args.redis, args.directory.limits()?)?;
     let stop = CancellationToken::new();
     let ready = telemetry::Readiness::new("roomcast_fanout_ready", &[telemetry::STARTING]);
     let admin = telemetry::bind(args.metrics_listen, "metrics").await?;

@@ -1,13 +1,18 @@
 //! The embedded broker: counters and fan-out inside one process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use async_trait::async_trait;
-use roomcast_proto::{event::Kind, ChatMessage};
+use roomcast_proto::{
+    event::Kind, now_millis, room_signal, ChatMessage, HeartbeatReply, PresenceEntry, RoomInfo, RoomSignal, RoomTouch,
+    RoomsReply,
+};
 use tokio::sync::mpsc;
 
 use crate::broker::{Broker, BrokerError, Link, LINK_CAPACITY};
+use crate::presence::{distinct_users, touched_at, Directory, DirectoryLimits, GATEWAY_TTL, MAX_ROOMS_PAGE};
 use crate::registry::Registry;
 
 #[derive(Clone, Default)]
@@ -19,9 +24,41 @@ pub struct MemoryBroker {
 struct State {
     counters: HashMap<String, u64>,
     registry: Registry,
+    /// room -> (gateway, user) -> joined_at
+    presence: HashMap<String, HashMap<(String, String), i64>>,
+    gateways: HashMap<String, Instant>,
+    directory: Directory,
+    limits: DirectoryLimits,
+}
+
+impl State {
+    fn live(&self) -> HashSet<String> {
+        self.gateways.iter().filter(|(_, seen)| seen.elapsed() < GATEWAY_TTL).map(|(g, _)| g.clone()).collect()
+    }
+
+    fn entries(&self, room: &str, live: &HashSet<String>) -> Vec<PresenceEntry> {
+        let Some(entries) = self.presence.get(room) else {
+            return Vec::new();
+        };
+        entries
+            .iter()
+            .filter(|((gateway, _), _)| live.contains(gateway))
+            .map(|((gateway, user), joined_at)| PresenceEntry {
+                user: user.clone(),
+                joined_at: *joined_at,
+                gateway: gateway.clone(),
+            })
+            .collect()
+    }
 }
 
 impl MemoryBroker {
+    pub fn new(limits: DirectoryLimits) -> Self {
+        let broker = Self::default();
+        broker.state().limits = limits;
+        broker
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock would be a bug in this file; the data stays usable.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -45,7 +82,9 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, msg: &ChatMessage) -> Result<(), BrokerError> {
-        self.state().registry.deliver(msg);
+        let mut state = self.state();
+        state.directory.touch(&msg.room, "", now_millis());
+        state.registry.deliver(msg);
         metrics::counter!("roomcast_fanout_publishes_total", "result" => "ok").increment(1);
         Ok(())
     }
@@ -68,5 +107,76 @@ impl Broker for MemoryBroker {
             broker.state().registry.remove_link(id);
         });
         Ok(Link { interests, events })
+    }
+
+    async fn signal(&self, signal: &RoomSignal) -> Result<(), BrokerError> {
+        let mut state = self.state();
+        if let Some(room_signal::Kind::Presence(change)) = &signal.kind {
+            let entries = state.presence.entry(signal.room.clone()).or_default();
+            if change.full {
+                entries.retain(|(gateway, _), _| *gateway != signal.gateway);
+            }
+            for leave in &change.leaves {
+                entries.remove(&(signal.gateway.clone(), leave.clone()));
+            }
+            for join in &change.joins {
+                entries.insert((signal.gateway.clone(), join.user.clone()), join.joined_at);
+            }
+            if entries.is_empty() {
+                state.presence.remove(&signal.room);
+            }
+        }
+        state.registry.signal(signal);
+        Ok(())
+    }
+
+    async fn presence(&self, room: &str) -> Result<Vec<PresenceEntry>, BrokerError> {
+        let state = self.state();
+        Ok(state.entries(room, &state.live()))
+    }
+
+    async fn heartbeat(&self, gateway: &str, gone: bool) -> Result<HeartbeatReply, BrokerError> {
+        let mut state = self.state();
+        state.gateways.retain(|_, seen| seen.elapsed() < GATEWAY_TTL);
+        let rejoined = if gone {
+            state.gateways.remove(gateway);
+            false
+        } else {
+            state.gateways.insert(gateway.to_owned(), Instant::now()).is_none()
+        };
+        let live = state.live();
+        state.presence.retain(|_, entries| {
+            entries.retain(|(gateway, _), _| live.contains(gateway));
+            !entries.is_empty()
+        });
+        let limits = state.limits;
+        let size = state.directory.trim(limits, now_millis());
+        Ok(HeartbeatReply { live: live.into_iter().collect(), directory_rooms: size as u64, rejoined })
+    }
+
+    async fn touch(&self, rooms: &[RoomTouch]) -> Result<(), BrokerError> {
+        let now = now_millis();
+        let mut state = self.state();
+        for touch in rooms {
+            let at = touched_at(touch, state.limits, now);
+            state.directory.touch(&touch.room, &touch.name, at);
+        }
+        Ok(())
+    }
+
+    async fn rooms(&self, offset: u32, limit: u32) -> Result<RoomsReply, BrokerError> {
+        let mut state = self.state();
+        let limits = state.limits;
+        state.directory.trim(limits, now_millis());
+        let (page, total) = state.directory.page(offset, limit.min(MAX_ROOMS_PAGE));
+        let live = state.live();
+        let rooms = page
+            .into_iter()
+            .map(|(room, name, active_at)| {
+                let members = distinct_users(&state.entries(&room, &live), &live);
+                RoomInfo { room, name, members, active_at }
+            })
+            .collect();
+        Ok(RoomsReply { rooms, total })
     }
 }

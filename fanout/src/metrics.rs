@@ -14,10 +14,14 @@ pub fn describe() {
     describe_gauge!("roomcast_fanout_ready", "1 while ready: serving and not shutting down (what /readyz answers).");
     describe_gauge!("roomcast_fanout_gateways", "Gateways with an open subscription stream.");
     describe_counter!("roomcast_fanout_links_closed_total", "Gateway streams closed by the fanout, by reason.");
+    describe_counter!("roomcast_fanout_signals_total", "Room signals carried (presence changes, typing), by kind.");
     counter!("roomcast_fanout_publishes_total", "result" => "ok").absolute(0);
     counter!("roomcast_fanout_publishes_total", "result" => "error").absolute(0);
     counter!("roomcast_fanout_redis_reconnects_total").absolute(0);
-    for op in ["next_seq", "seed", "publish", "subscribe"] {
+    for kind in ["presence", "typing"] {
+        counter!("roomcast_fanout_signals_total", "kind" => kind).absolute(0);
+    }
+    for op in ["next_seq", "seed", "publish", "subscribe", "signal", "presence", "heartbeat", "touch", "rooms"] {
         counter!("roomcast_fanout_redis_errors_total", "op" => op).absolute(0);
     }
     counter!("roomcast_fanout_links_closed_total", "reason" => "lagging").absolute(0);

@@ -4,7 +4,14 @@
 //! subscriber connection drops, it reconnects, resubscribes every wanted room and sends
 //! `Resync` to every link: messages published meanwhile were missed, and the gateways
 //! re-read them from the store.
+//!
+//! Presence is a hash per room of `gateway US user -> joined_at` (US: the unit separator,
+//! which user names cannot hold), changed and published by one script so that readers
+//! and subscribers see the same change; live gateways are a sorted set scored by their
+//! last heartbeat; the directory is a sorted set scored by last activity, plus a hash of
+//! names, both in one hash slot.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -13,14 +20,29 @@ use backoff::BackoffBuilder;
 use futures::StreamExt;
 use prost::Message as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use roomcast_proto::{event::Kind, ChatMessage, Event, Resync};
+use roomcast_proto::{
+    event::Kind, now_millis, room_signal, ChatMessage, Event, HeartbeatReply, PresenceEntry, Resync, RoomInfo,
+    RoomSignal, RoomTouch, RoomsReply,
+};
 use tokio::sync::mpsc;
 
 use crate::broker::{Broker, BrokerError, Link, LINK_CAPACITY};
+use crate::presence::{
+    distinct_users, is_listed, touched_at, DirectoryLimits, GATEWAY_TTL, MAX_ROOMS_PAGE, TRIM_BATCH,
+};
 use crate::registry::{LinkId, Registry};
 
 const SEQ_PREFIX: &str = "roomcast:seq:";
 const CHANNEL_PREFIX: &str = "roomcast:room:";
+const SIGNAL_PREFIX: &str = "roomcast:signal:";
+const PRESENCE_PREFIX: &str = "roomcast:presence:";
+const GATEWAYS: &str = "roomcast:gateways";
+const DIRECTORY_ACTIVE: &str = "roomcast:{directory}:active";
+const DIRECTORY_NAMES: &str = "roomcast:{directory}:names";
+/// A room's presence hash outlives its last change by this long at most, so the hashes
+/// of rooms whose gateways all died do not stay in Redis for ever.
+const PRESENCE_KEY_TTL_SECS: u64 = 86_400;
+const SEPARATOR: char = '\u{1f}';
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Allocates the next seq, or nil when the counter is missing (new room or lost state).
@@ -34,12 +56,51 @@ local current = redis.call('GET', KEYS[1])
 if (not current) or tonumber(current) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1";
 
+/// Applies one gateway's presence change to a room's hash and publishes it.
+/// KEYS[1] the hash; ARGV: gateway, full (0/1), key TTL, number of joins, the signal to
+/// publish, its channel, then user and joined_at per join, then the users that left.
+const PRESENCE_CHANGE: &str = r"
+local gw = ARGV[1] .. '\31'
+if ARGV[2] == '1' then
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(field, 1, #gw) == gw then redis.call('HDEL', KEYS[1], field) end
+  end
+end
+local i = 7
+for _ = 1, tonumber(ARGV[4]) do
+  redis.call('HSET', KEYS[1], gw .. ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HDEL', KEYS[1], gw .. ARGV[i])
+  i = i + 1
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[6], ARGV[5])
+return 1";
+
+/// Drops directory rooms idle since ARGV[1] and the oldest beyond ARGV[2] rooms, at most
+/// ARGV[3] per call, with their names; answers the directory's size.
+const TRIM_DIRECTORY: &str = r"
+local drop = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[3])
+local total = redis.call('ZCARD', KEYS[1])
+local over = total - #drop - tonumber(ARGV[2])
+if over > 0 then drop = redis.call('ZRANGE', KEYS[1], 0, math.min(#drop + over, tonumber(ARGV[3])) - 1) end
+if #drop > 0 then
+  redis.call('ZREM', KEYS[1], unpack(drop))
+  redis.call('HDEL', KEYS[2], unpack(drop))
+end
+return redis.call('ZCARD', KEYS[1])";
+
 #[derive(Clone)]
 pub struct RedisBroker {
     conn: ConnectionManager,
     shared: Arc<Shared>,
     next_seq: Arc<redis::Script>,
     seed: Arc<redis::Script>,
+    presence_change: Arc<redis::Script>,
+    trim_directory: Arc<redis::Script>,
+    limits: DirectoryLimits,
 }
 
 struct Shared {
@@ -61,7 +122,7 @@ impl Shared {
 impl RedisBroker {
     /// Connects lazily to `url`: the broker starts even while Redis is down, and
     /// [`RedisBroker::is_up`] tells readiness.
-    pub fn open(url: &str) -> anyhow::Result<Self> {
+    pub fn open(url: &str, limits: DirectoryLimits) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)
             .map_err(|err| anyhow::anyhow!("invalid Redis URL {:?}: {err}", without_password(url)))?;
         let config = ConnectionManagerConfig::new()
@@ -78,7 +139,51 @@ impl RedisBroker {
             shared,
             next_seq: Arc::new(redis::Script::new(NEXT_SEQ)),
             seed: Arc::new(redis::Script::new(SEED)),
+            presence_change: Arc::new(redis::Script::new(PRESENCE_CHANGE)),
+            trim_directory: Arc::new(redis::Script::new(TRIM_DIRECTORY)),
+            limits,
         })
+    }
+
+    /// The gateways heard from within [`GATEWAY_TTL`].
+    async fn live_gateways(&self) -> Result<HashSet<String>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let since = now_millis() - ttl_millis();
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(GATEWAYS)
+            .arg(since)
+            .arg("+inf")
+            .query_async::<Vec<String>>(&mut conn)
+            .await
+            .map(|live| live.into_iter().collect())
+            .map_err(|err| unavailable("presence", err))
+    }
+
+    /// The entries of a room's presence hash, all gateways; with the fields of the
+    /// gateways not in `live` (if given) deleted.
+    async fn entries(&self, room: &str, live: &HashSet<String>) -> Result<Vec<PresenceEntry>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let key = format!("{PRESENCE_PREFIX}{room}");
+        let fields: HashMap<String, i64> =
+            redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await.map_err(|err| unavailable("presence", err))?;
+        let mut entries = Vec::with_capacity(fields.len());
+        let mut dead = Vec::new();
+        for (field, joined_at) in fields {
+            let Some((gateway, user)) = field.split_once(SEPARATOR) else { continue };
+            if live.contains(gateway) {
+                entries.push(PresenceEntry { user: user.to_owned(), joined_at, gateway: gateway.to_owned() });
+            } else {
+                dead.push(field.clone());
+            }
+        }
+        if !dead.is_empty() {
+            // A dead gateway's entries: whoever reads them first deletes them.
+            let deleted = redis::cmd("HDEL").arg(&key).arg(&dead).query_async::<i64>(&mut conn).await;
+            if let Err(err) = deleted {
+                tracing::debug!(%err, room, "cannot delete a dead gateway's presence entries");
+            }
+        }
+        Ok(entries)
     }
 
     /// True when Redis answers a PING.
@@ -124,11 +229,13 @@ impl Broker for RedisBroker {
     async fn publish(&self, msg: &ChatMessage) -> Result<(), BrokerError> {
         let started = Instant::now();
         let mut conn = self.conn.clone();
-        let result = redis::cmd("PUBLISH")
-            .arg(format!("{CHANNEL_PREFIX}{}", msg.room))
-            .arg(msg.encode_to_vec())
-            .query_async::<i64>(&mut conn)
-            .await;
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBLISH").arg(format!("{CHANNEL_PREFIX}{}", msg.room)).arg(msg.encode_to_vec()).ignore();
+        // A message is activity: it moves its room up the directory.
+        if is_listed(&msg.room) {
+            pipe.cmd("ZADD").arg(DIRECTORY_ACTIVE).arg("GT").arg(now_millis()).arg(&msg.room).ignore();
+        }
+        let result = pipe.query_async::<()>(&mut conn).await;
         metrics::histogram!("roomcast_fanout_publish_duration_seconds").record(started.elapsed());
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!("roomcast_fanout_publishes_total", "result" => outcome).increment(1);
@@ -163,6 +270,131 @@ impl Broker for RedisBroker {
         });
         Ok(Link { interests, events })
     }
+
+    async fn signal(&self, signal: &RoomSignal) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let channel = format!("{SIGNAL_PREFIX}{}", signal.room);
+        let payload = signal.encode_to_vec();
+        let (result, kind) = match &signal.kind {
+            Some(room_signal::Kind::Presence(change)) => {
+                let mut script = self.presence_change.key(format!("{PRESENCE_PREFIX}{}", signal.room));
+                script
+                    .arg(&signal.gateway)
+                    .arg(if change.full { "1" } else { "0" })
+                    .arg(PRESENCE_KEY_TTL_SECS)
+                    .arg(change.joins.len())
+                    .arg(payload)
+                    .arg(channel);
+                for join in &change.joins {
+                    script.arg(&join.user).arg(join.joined_at);
+                }
+                for leave in &change.leaves {
+                    script.arg(leave);
+                }
+                (script.invoke_async::<i64>(&mut conn).await.map(drop), "presence")
+            }
+            Some(room_signal::Kind::Typing(_)) => {
+                let published = redis::cmd("PUBLISH").arg(channel).arg(payload).query_async::<i64>(&mut conn).await;
+                (published.map(drop), "typing")
+            }
+            None => return Ok(()),
+        };
+        metrics::counter!("roomcast_fanout_signals_total", "kind" => kind).increment(1);
+        result.map_err(|err| unavailable("signal", err))
+    }
+
+    async fn presence(&self, room: &str) -> Result<Vec<PresenceEntry>, BrokerError> {
+        let live = self.live_gateways().await?;
+        self.entries(room, &live).await
+    }
+
+    async fn heartbeat(&self, gateway: &str, gone: bool) -> Result<HeartbeatReply, BrokerError> {
+        let mut conn = self.conn.clone();
+        let now = now_millis();
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREMRANGEBYSCORE").arg(GATEWAYS).arg("-inf").arg(format!("({}", now - ttl_millis())).ignore();
+        if gone {
+            pipe.cmd("ZREM").arg(GATEWAYS).arg(gateway);
+        } else {
+            // Answers 1 when the gateway was not in the set.
+            pipe.cmd("ZADD").arg(GATEWAYS).arg(now).arg(gateway);
+        }
+        pipe.cmd("ZRANGE").arg(GATEWAYS).arg(0).arg(-1);
+        let (added, live): (i64, Vec<String>) =
+            pipe.query_async(&mut conn).await.map_err(|err| unavailable("heartbeat", err))?;
+        let directory_rooms = self
+            .trim_directory
+            .key(DIRECTORY_ACTIVE)
+            .key(DIRECTORY_NAMES)
+            .arg(now - i64::try_from(self.limits.idle.as_millis()).unwrap_or(i64::MAX))
+            .arg(self.limits.max_rooms)
+            .arg(TRIM_BATCH)
+            .invoke_async::<u64>(&mut conn)
+            .await
+            .map_err(|err| unavailable("heartbeat", err))?;
+        Ok(HeartbeatReply { live, directory_rooms, rejoined: !gone && added == 1 })
+    }
+
+    async fn touch(&self, rooms: &[RoomTouch]) -> Result<(), BrokerError> {
+        let rooms: Vec<&RoomTouch> = rooms.iter().filter(|t| is_listed(&t.room)).collect();
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let now = now_millis();
+        let mut pipe = redis::pipe();
+        let mut active = redis::cmd("ZADD");
+        active.arg(DIRECTORY_ACTIVE).arg("GT");
+        for touch in &rooms {
+            active.arg(touched_at(touch, self.limits, now)).arg(&touch.room);
+        }
+        pipe.add_command(active).ignore();
+        for touch in rooms.iter().filter(|t| !t.name.is_empty()) {
+            pipe.cmd("HSET").arg(DIRECTORY_NAMES).arg(&touch.room).arg(&touch.name).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.map_err(|err| unavailable("touch", err))
+    }
+
+    async fn rooms(&self, offset: u32, limit: u32) -> Result<RoomsReply, BrokerError> {
+        let mut conn = self.conn.clone();
+        let cutoff = now_millis() - i64::try_from(self.limits.idle.as_millis()).unwrap_or(i64::MAX);
+        let (page, total): (Vec<(String, f64)>, u64) = redis::pipe()
+            .cmd("ZREVRANGEBYSCORE")
+            .arg(DIRECTORY_ACTIVE)
+            .arg("+inf")
+            .arg(cutoff)
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(offset)
+            .arg(limit.min(MAX_ROOMS_PAGE))
+            .cmd("ZCOUNT")
+            .arg(DIRECTORY_ACTIVE)
+            .arg(cutoff)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| unavailable("rooms", err))?;
+        if page.is_empty() {
+            return Ok(RoomsReply { rooms: Vec::new(), total });
+        }
+        let names: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(DIRECTORY_NAMES)
+            .arg(page.iter().map(|(room, _)| room).collect::<Vec<_>>())
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| unavailable("rooms", err))?;
+        let live = self.live_gateways().await?;
+        let mut rooms = Vec::with_capacity(page.len());
+        for ((room, active_at), name) in page.into_iter().zip(names) {
+            let members = distinct_users(&self.entries(&room, &live).await?, &live);
+            rooms.push(RoomInfo { room, name: name.unwrap_or_default(), members, active_at: active_at as i64 });
+        }
+        Ok(RoomsReply { rooms, total })
+    }
+}
+
+fn ttl_millis() -> i64 {
+    i64::try_from(GATEWAY_TTL.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Owns the pub/sub connection for the broker's lifetime, reconnecting forever.
@@ -210,9 +442,14 @@ async fn subscriber(client: redis::Client, shared: Arc<Shared>, mut commands: mp
                         tracing::warn!("Redis subscriber connection lost; reconnecting");
                         break;
                     };
-                    match ChatMessage::decode(msg.get_payload_bytes()) {
-                        Ok(chat) => shared.registry().deliver(&chat),
-                        Err(err) => tracing::warn!(%err, channel = msg.get_channel_name(), "undecodable message on Redis channel"),
+                    let channel = msg.get_channel_name();
+                    let decoded = if channel.starts_with(SIGNAL_PREFIX) {
+                        RoomSignal::decode(msg.get_payload_bytes()).map(|signal| shared.registry().signal(&signal))
+                    } else {
+                        ChatMessage::decode(msg.get_payload_bytes()).map(|chat| shared.registry().deliver(&chat))
+                    };
+                    if let Err(err) = decoded {
+                        tracing::warn!(%err, channel, "undecodable message on Redis channel");
                     }
                 }
             }
@@ -224,21 +461,26 @@ async fn subscriber(client: redis::Client, shared: Arc<Shared>, mut commands: mp
 
 async fn subscribe_all(sink: &mut PubSubSink, rooms: &[String]) -> redis::RedisResult<()> {
     for room in rooms {
-        sink.subscribe(format!("{CHANNEL_PREFIX}{room}")).await?;
+        sink.subscribe(channels(room)).await?;
     }
     Ok(())
+}
+
+/// A room's two channels: its messages and its signals.
+fn channels(room: &str) -> Vec<String> {
+    vec![format!("{CHANNEL_PREFIX}{room}"), format!("{SIGNAL_PREFIX}{room}")]
 }
 
 async fn apply(sink: &mut PubSubSink, shared: &Shared, command: Command) -> redis::RedisResult<()> {
     match command {
         Command::Subscribe { room, link } => {
-            sink.subscribe(format!("{CHANNEL_PREFIX}{room}")).await?;
+            sink.subscribe(channels(&room)).await?;
             shared.registry().send(link, Event { kind: Some(Kind::Subscribed(room)) });
         }
         Command::Unsubscribe { room } => {
             // A link may have asked for the room again meanwhile.
             if shared.registry().subscribers(&room).is_empty() {
-                sink.unsubscribe(format!("{CHANNEL_PREFIX}{room}")).await?;
+                sink.unsubscribe(channels(&room)).await?;
             }
         }
     }
@@ -262,7 +504,7 @@ mod url_tests {
         assert_eq!(without_password("redis://:s3cret@cache:6379/0"), "redis://***@cache:6379/0");
         assert_eq!(without_password("redis://user:p@ss@cache"), "redis://***@cache");
         assert_eq!(without_password("redis://cache:6379"), "redis://cache:6379");
-        assert!(crate::RedisBroker::open("rediss://:s3cret@cache")
+        assert!(crate::RedisBroker::open("rediss://:s3cret@cache", Default::default())
             .err()
             .is_some_and(|e| !e.to_string().contains("s3cret")));
     }

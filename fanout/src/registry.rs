@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use roomcast_proto::{event::Kind, ChatMessage, Event};
+use roomcast_proto::{event::Kind, room_signal, ChatMessage, Event, RoomSignal};
 use tokio::sync::mpsc;
 
 pub type LinkId = u64;
@@ -88,6 +88,19 @@ impl Registry {
         for link in self.subscribers(&msg.room) {
             metrics::counter!("roomcast_fanout_deliveries_total").increment(1);
             self.send(link, Event { kind: Some(Kind::Message(msg.clone())) });
+        }
+    }
+
+    /// Carries a signal to the links subscribed to its room.
+    pub fn signal(&mut self, signal: &RoomSignal) {
+        let kind = match signal.kind {
+            Some(room_signal::Kind::Presence(_)) => "presence",
+            Some(room_signal::Kind::Typing(_)) => "typing",
+            None => return,
+        };
+        metrics::counter!("roomcast_fanout_signals_total", "kind" => kind).increment(1);
+        for link in self.subscribers(&signal.room) {
+            self.send(link, Event { kind: Some(Kind::Signal(signal.clone())) });
         }
     }
 

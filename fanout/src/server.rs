@@ -6,7 +6,9 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use roomcast_proto::fanout_server::Fanout;
 use roomcast_proto::{
-    ChatMessage, Event, Interest, NextSeqReply, NextSeqRequest, PublishReply, SeedReply, SeedRequest,
+    ChatMessage, Event, HeartbeatReply, HeartbeatRequest, Interest, NextSeqReply, NextSeqRequest, PresenceReply,
+    PresenceRequest, PublishReply, RoomSignal, RoomsReply, RoomsRequest, SeedReply, SeedRequest, SignalReply,
+    TouchReply, TouchRequest,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -48,6 +50,31 @@ impl Fanout for FanoutService {
     async fn publish(&self, req: Request<ChatMessage>) -> Result<Response<PublishReply>, Status> {
         self.broker.publish(&req.into_inner()).await.map_err(to_status)?;
         Ok(Response::new(PublishReply {}))
+    }
+
+    async fn signal(&self, req: Request<RoomSignal>) -> Result<Response<SignalReply>, Status> {
+        self.broker.signal(&req.into_inner()).await.map_err(to_status)?;
+        Ok(Response::new(SignalReply {}))
+    }
+
+    async fn presence(&self, req: Request<PresenceRequest>) -> Result<Response<PresenceReply>, Status> {
+        let entries = self.broker.presence(&req.into_inner().room).await.map_err(to_status)?;
+        Ok(Response::new(PresenceReply { entries }))
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(self.broker.heartbeat(&req.gateway, req.gone).await.map_err(to_status)?))
+    }
+
+    async fn touch(&self, req: Request<TouchRequest>) -> Result<Response<TouchReply>, Status> {
+        self.broker.touch(&req.into_inner().rooms).await.map_err(to_status)?;
+        Ok(Response::new(TouchReply {}))
+    }
+
+    async fn rooms(&self, req: Request<RoomsRequest>) -> Result<Response<RoomsReply>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(self.broker.rooms(req.offset, req.limit).await.map_err(to_status)?))
     }
 
     type SubscribeStream = EventStream;

@@ -45,6 +45,16 @@ pub struct EdgeArgs {
     /// included, is closed with 1001.
     #[arg(long, env = "ROOMCAST_PING_SECONDS", default_value_t = 30.0)]
     pub ping_seconds: f64,
+    /// Rooms one user may create per minute on one gateway (`create_room`); beyond, `rate_limited`.
+    #[arg(long, env = "ROOMCAST_ROOMS_CREATED_PER_MINUTE", default_value_t = Limits::default().rooms_created_per_minute)]
+    pub rooms_created_per_minute: u32,
+    /// Above this many users in a room, members get presence counts and no lists.
+    #[arg(long, env = "ROOMCAST_PRESENCE_LIST_MAX", default_value_t = Limits::default().presence_list_max)]
+    pub presence_list_max: usize,
+    /// Seconds a user who left a room is still shown in its presence, so that a reload or
+    /// a reconnect through another gateway does not flicker.
+    #[arg(long, env = "ROOMCAST_PRESENCE_GRACE_SECONDS", default_value_t = 3.0)]
+    pub presence_grace_seconds: f64,
     /// HS256 secret (at least 32 bytes) that client JWTs are signed with.
     #[arg(long, env = "ROOMCAST_AUTH_JWT_SECRET", hide_env_values = true, conflicts_with = "auth_jwt_public_key")]
     pub auth_jwt_secret: Option<String>,
@@ -89,9 +99,14 @@ impl EdgeArgs {
                 .ok()
                 .filter(|d| !d.is_zero())
                 .context("--ping-seconds must be a positive number of seconds")?,
+            rooms_created_per_minute: self.rooms_created_per_minute,
+            presence_list_max: self.presence_list_max,
+            presence_grace: std::time::Duration::try_from_secs_f64(self.presence_grace_seconds)
+                .context("--presence-grace-seconds must be a number of seconds, 0 or more")?,
             ..Limits::default()
         };
         anyhow::ensure!(limits.frames_per_second > 0, "--frames-per-second must be at least 1");
+        anyhow::ensure!(limits.rooms_created_per_minute > 0, "--rooms-created-per-minute must be at least 1");
         anyhow::ensure!(
             limits.max_frame_bytes <= limits.hard_frame_bytes,
             "--max-frame-bytes must be at most {} (frames beyond that close the connection)",

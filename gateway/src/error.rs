@@ -34,8 +34,9 @@ pub enum ClientError {
     TooManyRooms { max: usize },
     #[error("more than {max} sends are waiting: wait for acks, then resend with the same client_id")]
     Overloaded { max: usize },
-    #[error("more than {rate} frames per second (burst {burst}): slow down, then resend what was dropped")]
-    RateLimited { rate: u32, burst: u32 },
+    /// Over a rate: the message says which, and what to do.
+    #[error("{0}")]
+    RateLimited(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("the message could not be stored in time; it may still be stored: resend it with the same client_id")]
@@ -57,7 +58,7 @@ impl ClientError {
             ClientError::ForbiddenRoom { .. } => "forbidden_room",
             ClientError::TooManyRooms { .. } => "too_many_rooms",
             ClientError::Overloaded { .. } => "overloaded",
-            ClientError::RateLimited { .. } => "rate_limited",
+            ClientError::RateLimited(_) => "rate_limited",
             ClientError::Unavailable(_) => "unavailable",
             ClientError::Timeout => "timeout",
         }
@@ -78,7 +79,7 @@ impl ClientError {
             ClientError::ForbiddenRoom { .. } => "forbidden_room",
             ClientError::TooManyRooms { .. } => "too_many_rooms",
             ClientError::Overloaded { .. } => "overloaded",
-            ClientError::RateLimited { .. } => "rate_limited",
+            ClientError::RateLimited(_) => "rate_limited",
             ClientError::Unavailable(_) | ClientError::Timeout => return None,
         })
     }
@@ -222,7 +223,7 @@ mod tests {
             ClientError::ForbiddenRoom { room: "r".into() },
             ClientError::TooManyRooms { max: 1 },
             ClientError::Overloaded { max: 1 },
-            ClientError::RateLimited { rate: 1, burst: 1 },
+            ClientError::RateLimited(String::new()),
             ClientError::Unavailable("x".into()),
             ClientError::Timeout,
         ];
@@ -236,7 +237,7 @@ mod tests {
                 | ClientError::ForbiddenRoom { .. }
                 | ClientError::TooManyRooms { .. }
                 | ClientError::Overloaded { .. }
-                | ClientError::RateLimited { .. }
+                | ClientError::RateLimited(_)
                 | ClientError::Unavailable(_)
                 | ClientError::Timeout => {}
             }

@@ -25,9 +25,12 @@ fn answer(text: &str, limits: &Limits) -> Result<ClientFrame, ClientError> {
     let frame = decode(text, limits.max_frame_bytes).map_err(|undecoded| undecoded.error)?;
     match &frame {
         ClientFrame::Send { room, text, client_id } => check_fields(limits, room, Some(text), client_id.as_deref()),
-        ClientFrame::Join { room, .. } | ClientFrame::Leave { room } | ClientFrame::History { room, .. } => {
-            check_fields(limits, room, None, None)
-        }
+        ClientFrame::Join { room, .. }
+        | ClientFrame::Leave { room }
+        | ClientFrame::History { room, .. }
+        | ClientFrame::Presence { room }
+        | ClientFrame::Typing { room } => check_fields(limits, room, None, None),
+        ClientFrame::Rooms { .. } => Ok(()),
     }?;
     Ok(frame)
 }
@@ -40,8 +43,18 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(Value::from),
         any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
         ".{0,40}".prop_map(Value::from),
-        prop_oneof![Just("join"), Just("send"), Just("leave"), Just("history"), Just("room"), Just("$gt")]
-            .prop_map(Value::from),
+        prop_oneof![
+            Just("join"),
+            Just("send"),
+            Just("leave"),
+            Just("history"),
+            Just("presence"),
+            Just("typing"),
+            Just("rooms"),
+            Just("room"),
+            Just("$gt")
+        ]
+        .prop_map(Value::from),
     ];
     leaf.prop_recursive(4, 64, 8, |inner| {
         prop_oneof![
@@ -99,9 +112,16 @@ fn check_decode(text: &str) {
             assert!(limits.check_room(&room).is_ok() && limits.check_text(&text).is_ok());
             assert!(client_id.is_none_or(|id| !id.is_empty() && id.len() <= limits.max_client_id_bytes));
         }
-        Ok(ClientFrame::Join { room, .. } | ClientFrame::Leave { room } | ClientFrame::History { room, .. }) => {
+        Ok(
+            ClientFrame::Join { room, .. }
+            | ClientFrame::Leave { room }
+            | ClientFrame::History { room, .. }
+            | ClientFrame::Presence { room }
+            | ClientFrame::Typing { room },
+        ) => {
             assert!(limits.check_room(&room).is_ok());
         }
+        Ok(ClientFrame::Rooms { .. }) => {}
         Err(refusal) => {
             assert!(CODES.contains(&refusal.code()), "undocumented code {}", refusal.code());
             assert!(!refusal.to_string().is_empty());

@@ -44,6 +44,10 @@ pub(crate) struct Hub {
     pub lifecycle: Lifecycle,
     /// The bytes queued towards every `/ws` client, bounded.
     pub send_budget: Arc<Budget>,
+    /// Rooms created per user, for `--rooms-created-per-minute`.
+    pub room_creations: governor::DefaultKeyedRateLimiter<String>,
+    /// This gateway's id in presence (a ULID made at start).
+    pub gateway_id: Arc<str>,
     next_member: AtomicU64,
 }
 
@@ -91,6 +95,7 @@ impl Hub {
         rooms: Arc<Rooms>,
         limits: Limits,
         access: Access,
+        gateway_id: Arc<str>,
     ) -> Self {
         let ready = telemetry::Readiness::new("roomcast_gateway_ready", &[STARTING]);
         Self {
@@ -99,6 +104,8 @@ impl Hub {
             rooms,
             admission: Arc::new(Admission::new(access, limits.clone(), ready.clone())),
             send_budget: Budget::new(limits.send_queue_budget_bytes),
+            room_creations: limits.creation_limiter(),
+            gateway_id,
             limits,
             ready,
             lifecycle: Lifecycle::new(),
@@ -192,7 +199,7 @@ pub(crate) fn store_failed(err: StoreError) -> ClientError {
     }
 }
 
-fn broker_failed(err: BrokerError) -> ClientError {
+pub(crate) fn broker_failed(err: BrokerError) -> ClientError {
     match err {
         BrokerError::Timeout => ClientError::Timeout,
         other => ClientError::Unavailable(other.to_string()),

@@ -20,8 +20,10 @@ mod limits;
 mod link;
 mod metrics;
 mod outbox;
+mod presence;
 mod protocol;
 mod rooms;
+mod signals;
 mod sink;
 mod sio;
 mod tls;
@@ -47,6 +49,7 @@ pub use metrics::describe as describe_metrics;
 pub use upstream::Metered;
 
 use hub::{Hub, DRAINING};
+use presence::PresenceConfig;
 use rooms::Rooms;
 
 /// A running gateway. Cheap to clone.
@@ -60,9 +63,20 @@ impl Gateway {
     /// Starts the broker link and the store probe.
     pub fn start(broker: Arc<dyn Broker>, archive: Arc<dyn Archive>, limits: Limits, access: Access) -> Self {
         let (interests, interest_rx) = mpsc::unbounded_channel();
-        let rooms = Arc::new(Rooms::new(archive.clone(), interests, limits.clone()));
-        let hub = Arc::new(Hub::new(broker.clone(), archive, rooms.clone(), limits, access));
+        let gateway_id: Arc<str> = ulid::Ulid::new().to_string().into();
+        let presence = PresenceConfig {
+            gateway: gateway_id.clone(),
+            list_max: limits.presence_list_max,
+            grace: limits.presence_grace,
+        };
+        let rooms = Arc::new(Rooms::new(archive.clone(), broker.clone(), interests, limits.clone(), presence));
+        let hub = Arc::new(Hub::new(broker.clone(), archive, rooms.clone(), limits, access, gateway_id.clone()));
         let stopped = hub.lifecycle.stopped.clone();
+        let housekeeping = {
+            let hub = hub.clone();
+            move || hub.room_creations.retain_recent()
+        };
+        tokio::spawn(signals::heartbeat(broker.clone(), rooms.clone(), gateway_id, housekeeping, stopped.clone()));
         tokio::spawn(link::keep_link(broker, rooms, interest_rx, hub.ready.clone(), stopped.clone()));
         tokio::spawn(stopped.clone().run_until_cancelled_owned(probe_store(hub.clone())));
         tokio::spawn(stopped.run_until_cancelled_owned(publish_send_queue(hub.clone())));
@@ -127,6 +141,7 @@ impl Gateway {
         telemetry::terminated().await;
         self.drain(drain).await;
         self.stop();
+        signals::farewell(self.hub.broker.as_ref(), &self.hub.gateway_id).await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -34,6 +34,12 @@ pub struct Limits {
     /// `/ws` pings every this often; a client that sends nothing, not even a pong, for
     /// 2.5 times as long is closed as gone (a peer that vanished without a FIN).
     pub ping_every: std::time::Duration,
+    /// Rooms one user may create per minute on this gateway.
+    pub rooms_created_per_minute: u32,
+    /// Above this many users in a room, members get presence counts and no lists.
+    pub presence_list_max: usize,
+    /// How long a user who left a room is still shown in its presence.
+    pub presence_grace: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -55,6 +61,9 @@ impl Default for Limits {
             max_connections: 50_000,
             max_connections_per_ip: 1_000,
             ping_every: std::time::Duration::from_secs(30),
+            rooms_created_per_minute: 10,
+            presence_list_max: 100,
+            presence_grace: std::time::Duration::from_secs(3),
         }
     }
 }
@@ -80,8 +89,17 @@ impl Limits {
     }
 
     /// The refusal for a frame over the rate.
+    /// A limiter of room creations per user.
+    pub fn creation_limiter(&self) -> governor::DefaultKeyedRateLimiter<String> {
+        let rate = NonZeroU32::new(self.rooms_created_per_minute).unwrap_or(NonZeroU32::MIN);
+        governor::RateLimiter::keyed(governor::Quota::per_minute(rate))
+    }
+
     pub fn rate_limited(&self) -> ClientError {
-        ClientError::RateLimited { rate: self.frames_per_second, burst: self.frame_burst }
+        ClientError::RateLimited(format!(
+            "more than {} frames per second (burst {}): slow down, then resend what was dropped",
+            self.frames_per_second, self.frame_burst
+        ))
     }
 
     pub fn check_room(&self, room: &str) -> Result<(), ClientError> {

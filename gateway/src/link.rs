@@ -62,6 +62,7 @@ pub async fn keep_link(
                     Some(Some(Kind::Message(msg))) => rooms.deliver(msg),
                     Some(Some(Kind::Subscribed(room))) => rooms.catch_up(Some(&room)),
                     Some(Some(Kind::Resync(_))) => rooms.catch_up(None),
+                    Some(Some(Kind::Signal(signal))) => rooms.signal(signal),
                     Some(None) => {}
                     None => break,
                 },

@@ -23,6 +23,10 @@ pub struct GatewayMetrics {
     pub joins_from_memory: Counter,
     pub joins_from_store: Counter,
     pub room_loads: Counter,
+    pub presence_entries: Gauge,
+    pub presence_diffs: Counter,
+    pub typing_relayed: Counter,
+    pub typing_dropped: Counter,
 }
 
 impl GatewayMetrics {
@@ -58,7 +62,16 @@ pub static METRICS: LazyLock<GatewayMetrics> = LazyLock::new(|| GatewayMetrics {
     joins_from_memory: counter!("roomcast_gateway_joins_total", "source" => "memory"),
     joins_from_store: counter!("roomcast_gateway_joins_total", "source" => "store"),
     room_loads: counter!("roomcast_gateway_room_loads_total"),
+    presence_entries: gauge!("roomcast_gateway_presence_entries"),
+    presence_diffs: counter!("roomcast_gateway_presence_diffs_total"),
+    typing_relayed: counter!("roomcast_gateway_typing_total", "result" => "relayed"),
+    typing_dropped: counter!("roomcast_gateway_typing_total", "result" => "dropped"),
 });
+
+/// A presence write or read to the broker failed (`op`: heartbeat, announce, read).
+pub fn presence_failed(op: &'static str) {
+    counter!("roomcast_gateway_presence_refresh_failures_total", "op" => op).increment(1);
+}
 
 /// Describes every gateway metric and puts the error series at zero, so dashboards and
 /// alerts see them before the first failure.
@@ -119,7 +132,25 @@ pub fn describe() {
         "roomcast_gateway_store_reads_total",
         "Store queries made by rooms, by reason (room_load, join, gap_fill, catch_up)."
     );
+    describe_gauge!("roomcast_gateway_presence_entries", "Users present through this gateway, summed over rooms.");
+    describe_counter!(
+        "roomcast_gateway_presence_diffs_total",
+        "Presence batches sent to a room's members (at most one per room per 250 ms)."
+    );
+    describe_counter!(
+        "roomcast_gateway_typing_total",
+        "Typing signals, by result (relayed, or dropped by the 1/s limit)."
+    );
+    describe_gauge!("roomcast_gateway_directory_rooms", "Rooms in the room directory, as of the last heartbeat.");
+    describe_counter!(
+        "roomcast_gateway_presence_refresh_failures_total",
+        "Presence writes and reads to the broker that failed, by op (heartbeat, announce, read)."
+    );
     LazyLock::force(&METRICS);
+    for op in ["heartbeat", "announce", "read"] {
+        counter!("roomcast_gateway_presence_refresh_failures_total", "op" => op).absolute(0);
+    }
+    gauge!("roomcast_gateway_directory_rooms").set(0.0);
     for result in ["acked", "error"] {
         counter!("roomcast_gateway_messages_sent_total", "result" => result).absolute(0);
     }
@@ -129,7 +160,7 @@ pub fn describe() {
     for result in ["filled", "sealed", "error"] {
         counter!("roomcast_gateway_gap_fills_total", "result" => result).absolute(0);
     }
-    for method in ["next_seq", "seed", "publish", "subscribe"] {
+    for method in ["next_seq", "seed", "publish", "subscribe", "signal", "presence", "heartbeat", "touch", "rooms"] {
         counter!("roomcast_gateway_upstream_errors_total", "upstream" => "fanout", "method" => method).absolute(0);
     }
     for method in ["write", "history", "resolve", "max_seq"] {

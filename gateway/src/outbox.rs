@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::error::{ClientError, CloseCode};
 use crate::metrics::METRICS;
+use crate::presence::{Notice, Snapshot};
 use crate::protocol::{visible, ServerFrame};
 use crate::sink::Sink;
 use crate::watch::wait_until;
@@ -129,8 +130,12 @@ impl Outbox {
 }
 
 impl Sink for Outbox {
-    fn joined(&self, room: &str, page: &[ChatMessage], truncated: bool) {
-        self.push_json(ServerFrame::Joined { room, messages: visible(page), truncated }.to_json());
+    fn joined(&self, room: &str, page: &[ChatMessage], truncated: bool, presence: &Snapshot) {
+        self.push_json(ServerFrame::Joined { room, messages: visible(page), truncated, presence }.to_json());
+    }
+
+    fn notify(&self, _room: &str, _notice: &Notice, ws_frame: &Utf8Bytes) {
+        self.push(ws_frame.clone());
     }
 
     fn deliver(&self, _msg: &ChatMessage, ws_frame: &Utf8Bytes) {

@@ -4,6 +4,7 @@ use roomcast_proto::ChatMessage;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ClientError, Malformed};
+use crate::presence::{Member, Notice, Snapshot};
 
 /// What a client may send.
 #[derive(Debug, Deserialize, PartialEq)]
@@ -13,9 +14,12 @@ pub enum ClientFrame {
     Leave { room: String },
     Send { room: String, text: String, client_id: Option<String> },
     History { room: String, before: Option<u64>, limit: Option<u32> },
+    Presence { room: String },
+    Typing { room: String },
+    Rooms { offset: Option<u32>, limit: Option<u32> },
 }
 
-const CLIENT_TYPES: &[&str] = &["join", "leave", "send", "history"];
+const CLIENT_TYPES: &[&str] = &["join", "leave", "send", "history", "presence", "typing", "rooms"];
 
 /// A frame that could not be decoded, with the `client_id` it carried, if it got that far.
 #[derive(Debug, PartialEq)]
@@ -82,6 +86,30 @@ pub enum ServerFrame<'a> {
         /// True when more was missed than one join recovers: join again with `since`.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         truncated: bool,
+        presence: &'a Snapshot,
+    },
+    Presence {
+        room: &'a str,
+        #[serde(flatten)]
+        presence: &'a Snapshot,
+    },
+    PresenceDiff {
+        room: &'a str,
+        count: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        joins: Option<&'a [Member]>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        leaves: Option<&'a [Member]>,
+    },
+    Typing {
+        room: &'a str,
+        user: &'a str,
+    },
+    Rooms {
+        rooms: Vec<RoomEntry>,
+        total: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<u64>,
     },
     Message(WireMessage<'a>),
     Ack {
@@ -114,6 +142,30 @@ impl ServerFrame<'_> {
         serde_json::to_string(self).unwrap_or_else(|err| {
             format!(r#"{{"type":"error","code":"internal","message":"cannot encode reply: {err}"}}"#)
         })
+    }
+}
+
+/// One room of the directory, as clients see it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RoomEntry {
+    pub room: String,
+    pub name: String,
+    pub members: u64,
+    pub active_at: i64,
+}
+
+/// A room's notice as a `/ws` frame.
+pub fn notice_frame(room: &str, notice: &Notice) -> String {
+    match notice {
+        Notice::Presence(presence) => ServerFrame::Presence { room, presence }.to_json(),
+        Notice::Diff(diff) => ServerFrame::PresenceDiff {
+            room,
+            count: diff.count,
+            joins: diff.joins.as_deref(),
+            leaves: diff.leaves.as_deref(),
+        }
+        .to_json(),
+        Notice::Typing { user } => ServerFrame::Typing { room, user }.to_json(),
     }
 }
 

@@ -10,19 +10,25 @@
 //! The room reads the store once when it starts here, however many members join while
 //! that read runs, and then keeps its recent [`Tail`] in memory: a join, or a `since`
 //! recovery, that the tail covers reads nothing from the store.
+//!
+//! The room task also keeps the room's [`Presence`]: it tells members in batches and
+//! announces this gateway's users through the [`Announcer`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use fanout::{Broker, BrokerError};
 use persister::{Archive, HistoryQuery, StoreError, MAX_PAGE};
-use roomcast_proto::{now_millis, ChatMessage, Interest};
-use tokio::sync::mpsc;
+use roomcast_proto::{now_millis, room_signal, ChatMessage, Interest, PresenceEntry, RoomSignal, RoomTouch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::limits::Limits;
-use crate::metrics::METRICS;
-use crate::protocol::{wire_size, ServerFrame, WireMessage};
+use crate::metrics::{presence_failed, METRICS};
+use crate::presence::{Notice, Presence, PresenceConfig, Snapshot, TICK};
+use crate::protocol::{notice_frame, wire_size, ServerFrame, WireMessage};
+use crate::signals::Announcer;
 use crate::sink::{MemberId, Sink};
 
 /// How long a missing seq may hold up later ones before the store is asked for it.
@@ -38,8 +44,11 @@ const TAIL_BYTES: usize = 256 * 1024;
 pub struct Rooms {
     map: Mutex<HashMap<String, Entry>>,
     archive: Arc<dyn Archive>,
+    broker: Arc<dyn Broker>,
     interests: mpsc::UnboundedSender<Interest>,
     limits: Limits,
+    presence: PresenceConfig,
+    announcer: Announcer,
 }
 
 struct Entry {
@@ -50,6 +59,7 @@ struct Entry {
 enum Command {
     Join {
         member: MemberId,
+        user: Option<String>,
         sink: Arc<dyn Sink>,
         since: Option<u64>,
     },
@@ -74,6 +84,19 @@ enum Command {
     },
     CatchUp,
     GapCheck,
+    /// Another gateway's presence change or typing, through the broker.
+    Signal(RoomSignal),
+    /// A member's user is typing.
+    Typing {
+        user: String,
+    },
+    Presence(oneshot::Sender<Snapshot>),
+    PresenceLoaded(Result<Vec<PresenceEntry>, BrokerError>),
+    /// The gateways alive now.
+    Gateways(Arc<HashSet<String>>),
+    /// Announce this gateway's users whole at the next tick.
+    Reannounce,
+    PresenceTick,
 }
 
 /// A store read: messages oldest first, the store's highest seq before the read, and
@@ -85,25 +108,34 @@ struct Page {
 }
 
 impl Rooms {
-    pub fn new(archive: Arc<dyn Archive>, interests: mpsc::UnboundedSender<Interest>, limits: Limits) -> Self {
-        Self { map: Mutex::new(HashMap::new()), archive, interests, limits }
+    pub fn new(
+        archive: Arc<dyn Archive>,
+        broker: Arc<dyn Broker>,
+        interests: mpsc::UnboundedSender<Interest>,
+        limits: Limits,
+        presence: PresenceConfig,
+    ) -> Self {
+        let announcer = Announcer::start(broker.clone());
+        Self { map: Mutex::new(HashMap::new()), archive, broker, interests, limits, presence, announcer }
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
         self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn join(&self, room: &str, member: MemberId, sink: Arc<dyn Sink>, since: Option<u64>) {
+    /// `member` joins `room`; with a `user` it counts in the room's presence.
+    pub fn join(&self, room: &str, member: MemberId, user: Option<&str>, sink: Arc<dyn Sink>, since: Option<u64>) {
         let mut map = self.map();
         let entry = map.entry(room.to_owned()).or_insert_with(|| {
             let (commands, rx) = mpsc::unbounded_channel();
-            let task = RoomTask::new(room, self.archive.clone(), &self.limits, commands.downgrade());
+            let task = RoomTask::new(room, self, commands.downgrade());
             tokio::spawn(task.run(rx));
             let _ = self.interests.send(Interest { room: room.to_owned(), subscribe: true });
             Entry { commands, members: 0 }
         });
         entry.members += 1;
-        let _ = entry.commands.send(Command::Join { member, sink, since });
+        let user = user.map(str::to_owned);
+        let _ = entry.commands.send(Command::Join { member, user, sink, since });
         metrics::gauge!("roomcast_gateway_rooms").set(map.len() as f64);
     }
 
@@ -142,10 +174,46 @@ impl Rooms {
     pub fn names(&self) -> Vec<String> {
         self.map().keys().cloned().collect()
     }
+
+    /// Hands a signal from the broker to its room, if it has members here.
+    pub fn signal(&self, signal: RoomSignal) {
+        if let Some(entry) = self.map().get(&signal.room) {
+            let _ = entry.commands.send(Command::Signal(signal));
+        }
+    }
+
+    /// `user`, a member of `room`, is typing.
+    pub fn typing(&self, room: &str, user: &str) {
+        if let Some(entry) = self.map().get(room) {
+            let _ = entry.commands.send(Command::Typing { user: user.to_owned() });
+        }
+    }
+
+    /// What `room`'s members were last told of its presence; `None` if it has no members.
+    pub fn presence(&self, room: &str) -> Option<oneshot::Receiver<Snapshot>> {
+        let (tx, rx) = oneshot::channel();
+        self.map().get(room)?.commands.send(Command::Presence(tx)).ok()?;
+        Some(rx)
+    }
+
+    /// Every room announces its users again, whole.
+    pub fn reannounce(&self) {
+        for entry in self.map().values() {
+            let _ = entry.commands.send(Command::Reannounce);
+        }
+    }
+
+    /// Tells every room which gateways are alive.
+    pub fn keep_gateways(&self, live: Arc<HashSet<String>>) {
+        for entry in self.map().values() {
+            let _ = entry.commands.send(Command::Gateways(live.clone()));
+        }
+    }
 }
 
 struct Member {
     sink: Arc<dyn Sink>,
+    user: Option<String>,
     /// Highest seq this member has been sent; `None` while its history loads.
     last: Option<u64>,
     /// Live messages that arrived while the history loaded.
@@ -226,6 +294,13 @@ impl Tail {
 struct RoomTask {
     room: String,
     archive: Arc<dyn Archive>,
+    broker: Arc<dyn Broker>,
+    announcer: Announcer,
+    presence: Presence,
+    /// A presence tick is due.
+    tick_armed: bool,
+    /// The next announcement carries this gateway's whole list (after a resync).
+    announce_full: bool,
     history_page: u32,
     max_recovery: usize,
     /// Text bytes one join recovers at most: the `joined` frame must fit the member's
@@ -247,15 +322,16 @@ struct RoomTask {
 }
 
 impl RoomTask {
-    fn new(
-        room: &str,
-        archive: Arc<dyn Archive>,
-        limits: &Limits,
-        commands: mpsc::WeakUnboundedSender<Command>,
-    ) -> Self {
+    fn new(room: &str, rooms: &Rooms, commands: mpsc::WeakUnboundedSender<Command>) -> Self {
+        let limits = &rooms.limits;
         Self {
             room: room.to_owned(),
-            archive,
+            archive: rooms.archive.clone(),
+            broker: rooms.broker.clone(),
+            announcer: rooms.announcer.clone(),
+            presence: Presence::new(rooms.presence.clone()),
+            tick_armed: false,
+            announce_full: false,
             history_page: limits.history_page,
             max_recovery: limits.max_recovery,
             recovery_bytes: limits.send_queue_bytes / 2,
@@ -272,22 +348,33 @@ impl RoomTask {
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        self.enter_directory();
         while let Some(command) = rx.recv().await {
             self.handle(command);
         }
+        // The last member left: this gateway's users leave the room for the others.
+        self.presence.clear_local();
+        self.announce(false);
     }
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Join { member, sink, since } => {
-                self.members.insert(member, Member { sink, last: None, held: Vec::new(), waiting: Some(since) });
+            Command::Join { member, user, sink, since } => {
+                if let Some(user) = &user {
+                    self.presence.join(user);
+                    self.arm_tick();
+                }
+                self.members.insert(member, Member { sink, user, last: None, held: Vec::new(), waiting: Some(since) });
                 match self.cursor {
                     Some(_) => self.serve(member),
                     None => self.load_room(Duration::ZERO),
                 }
             }
             Command::Leave { member } => {
-                self.members.remove(&member);
+                if let Some(user) = self.members.remove(&member).and_then(|m| m.user) {
+                    self.presence.leave(&user);
+                    self.arm_tick();
+                }
             }
             Command::Deliver(msg) => self.accept(msg),
             Command::RoomLoaded { result } => self.room_loaded(result),
@@ -307,11 +394,133 @@ impl RoomTask {
                     self.catch_up(RETRY_AFTER);
                 }
             },
-            Command::CatchUp if self.cursor.is_none() => self.catch_up_wanted = true,
-            Command::CatchUp => self.catch_up(Duration::ZERO),
+            Command::CatchUp => {
+                // The subscription is (again) live: what the broker holds is current.
+                self.load_presence();
+                match self.cursor {
+                    None => self.catch_up_wanted = true,
+                    Some(_) => self.catch_up(Duration::ZERO),
+                }
+            }
             Command::GapCheck => {
                 self.gap_timer = false;
                 self.check_gap();
+            }
+            Command::Signal(signal) => match signal.kind {
+                Some(room_signal::Kind::Presence(change)) => {
+                    self.presence.apply(&signal.gateway, &change);
+                    self.arm_tick();
+                }
+                Some(room_signal::Kind::Typing(user)) => self.typing(user, false),
+                None => {}
+            },
+            Command::Typing { user } => self.typing(user, true),
+            Command::Presence(reply) => {
+                let _ = reply.send(self.presence.snapshot());
+            }
+            Command::PresenceLoaded(result) => match result {
+                Ok(entries) => {
+                    self.presence.load(&entries);
+                    self.arm_tick();
+                }
+                Err(err) => {
+                    presence_failed("read");
+                    tracing::debug!(room = %self.room, %err, "cannot read the room's presence from the broker");
+                }
+            },
+            Command::Gateways(live) => {
+                self.presence.keep(&live);
+                self.arm_tick();
+            }
+            Command::PresenceTick => self.presence_tick(),
+            Command::Reannounce => {
+                self.announce_full = true;
+                self.arm_tick();
+            }
+        }
+    }
+
+    /// A room with members is active: it enters the directory as it starts here, not only
+    /// at the next heartbeat, which a short visit could miss.
+    fn enter_directory(&self) {
+        if self.room.starts_with(fanout::SYSTEM_PREFIX) {
+            return;
+        }
+        let (broker, room) = (self.broker.clone(), self.room.clone());
+        tokio::spawn(async move {
+            let touch = RoomTouch { room: room.clone(), ..Default::default() };
+            if let Err(err) = broker.touch(&[touch]).await {
+                presence_failed("announce");
+                tracing::debug!(%err, room, "cannot mark the room active in the directory");
+            }
+        });
+    }
+
+    /// Reads the other gateways' users from the broker, and announces this gateway's
+    /// whole list at the next tick: the broker may have lost them (a Redis restart).
+    fn load_presence(&mut self) {
+        let (broker, room) = (self.broker.clone(), self.room.clone());
+        self.spawn(Duration::ZERO, async move { Command::PresenceLoaded(broker.presence(&room).await) });
+        self.announce_full = true;
+        self.arm_tick();
+    }
+
+    fn arm_tick(&mut self) {
+        if !self.tick_armed {
+            self.tick_armed = true;
+            self.spawn(TICK, async { Command::PresenceTick });
+        }
+    }
+
+    /// One batch: members are told what changed, the broker what changed here.
+    fn presence_tick(&mut self) {
+        self.tick_armed = false;
+        let (notice, again) = self.presence.tick(Instant::now());
+        if let Some(notice) = notice {
+            METRICS.presence_diffs.increment(1);
+            self.notify(&notice, None);
+        }
+        let full = std::mem::take(&mut self.announce_full);
+        self.announce(full);
+        if again {
+            self.arm_tick();
+        }
+    }
+
+    fn announce(&mut self, full: bool) {
+        if let Some(change) = self.presence.announcement(full) {
+            self.announcer.send(RoomSignal {
+                room: self.room.clone(),
+                gateway: self.presence.gateway().to_owned(),
+                kind: Some(room_signal::Kind::Presence(change)),
+            });
+        }
+    }
+
+    /// Relays `user`'s typing to the members of other users, at most once a second;
+    /// a signal from a member here also goes to the other gateways.
+    fn typing(&mut self, user: String, local: bool) {
+        if !self.presence.typing(&user, Instant::now()) {
+            METRICS.typing_dropped.increment(1);
+            return;
+        }
+        METRICS.typing_relayed.increment(1);
+        self.notify(&Notice::Typing { user: user.clone() }, Some(&user));
+        if local {
+            self.announcer.send(RoomSignal {
+                room: self.room.clone(),
+                gateway: self.presence.gateway().to_owned(),
+                kind: Some(room_signal::Kind::Typing(user)),
+            });
+        }
+    }
+
+    /// Tells every member whose join is complete, except `except`'s connections.
+    fn notify(&self, notice: &Notice, except: Option<&str>) {
+        let frame = Utf8Bytes::from(notice_frame(&self.room, notice));
+        for member in self.members.values() {
+            if member.last.is_some() && (except.is_none() || member.user.as_deref() != except) {
+                member.sink.notify(&self.room, notice, &frame);
             }
         }
     }
@@ -440,7 +649,7 @@ impl RoomTask {
         };
         let page_high = page.messages.last().map_or(0, |m| m.seq);
         let last = if page.truncated { page_high } else { page_high.max(page.high).max(since.unwrap_or(0)) };
-        member.sink.joined(&self.room, &page.messages, page.truncated);
+        member.sink.joined(&self.room, &page.messages, page.truncated, &self.presence.snapshot());
         member.last = Some(last);
         for msg in std::mem::take(&mut member.held) {
             if msg.seq > last && !msg.tombstone {
@@ -668,14 +877,16 @@ mod tests {
             let inner = Persister::new(store, BatcherConfig::default());
             let archive = Arc::new(Counting { inner, reads: AtomicU64::new(0), delay });
             let (interests, _interest_rx) = mpsc::unbounded_channel();
-            let rooms = Rooms::new(archive.clone(), interests, Limits::default());
+            let presence = PresenceConfig { gateway: "test".into(), list_max: 100, grace: Duration::from_secs(3) };
+            let broker = Arc::new(fanout::MemoryBroker::default());
+            let rooms = Rooms::new(archive.clone(), broker, interests, Limits::default(), presence);
             Fixture { _dir: dir, archive, rooms, next_member: 0 }
         }
 
         fn join(&mut self, since: Option<u64>) -> Writer {
             let (outbox, writer) = outbox(1 << 22, Budget::new(0), Duration::from_secs(30));
             self.next_member += 1;
-            self.rooms.join("r", self.next_member, Arc::new(outbox), since);
+            self.rooms.join("r", self.next_member, None, Arc::new(outbox), since);
             writer
         }
 

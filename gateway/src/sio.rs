@@ -4,7 +4,8 @@
 //!
 //! It speaks the original app's events (`join_room`, `send_message`, `create_room`,
 //! answered with `joined_room`, `room_message`, `room`) and roomcast's own (`join`,
-//! `leave`, `send`, `history`, with acknowledgements). Both feed the same rooms as `/ws`,
+//! `leave`, `send`, `history`, `presence`, `typing`, `rooms`, with acknowledgements).
+//! Both feed the same rooms as `/ws`,
 //! so every client of a room sees the same messages in the same order.
 
 use std::collections::BTreeMap;
@@ -27,18 +28,26 @@ use crate::directory::{Entry, DIRECTORY};
 use crate::error::{ClientError, ConnectError, Malformed};
 use crate::hub::Hub;
 use crate::metrics::METRICS;
+use crate::presence::{Notice, Snapshot};
 use crate::protocol::{visible, WireMessage};
 use crate::sink::Sink;
 use crate::watch::wait_until;
+use fanout::Broker;
+use roomcast_proto::RoomTouch;
 
 const PROTOCOL: &str = "socketio";
+/// Rooms in the original app's `room` map: the directory's first page.
+const ROOM_MAP_SIZE: u32 = 100;
 /// How long a join waits for its socket to count as connected.
 const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Registers the namespace and the room directory.
 pub fn install(io: &SocketIo, hub: Arc<Hub>) {
-    let directory = Arc::new(Directory { map: Mutex::new(BTreeMap::new()), io: io.clone() });
-    hub.rooms.join(DIRECTORY, hub.next_member_id(), directory.clone(), Some(0));
+    let directory =
+        Arc::new(Directory { map: Mutex::new(BTreeMap::new()), io: io.clone(), broker: hub.broker.clone() });
+    // Only the newest entries and the live ones: each new entry refreshes the map from
+    // the directory, which is bounded, unlike the record of every room ever created.
+    hub.rooms.join(DIRECTORY, hub.next_member_id(), None, Arc::new(DirectorySink(directory.clone())), None);
     // Handlers are registered in a middleware, which runs before the client is told it is
     // connected: events it sends right away find their handler.
     // A refused connection gets a connect_error carrying the refusal's code and message.
@@ -237,6 +246,65 @@ fn on_connect(socket: SocketRef, conn: Arc<Conn>) {
             }
         })
     });
+    let s = state.clone();
+    socket.on("presence", move |Data(args): Data<Value>, ack: AckSender| {
+        inline(move || {
+            let reply = Reply::Ack(ack);
+            let room = match accept::<RoomArgs>(&s.conn, args, "presence needs {room}") {
+                Ok(RoomArgs { room }) => room,
+                Err(err) => return reply.error(&err, None, None),
+            };
+            match s.conn.presence(&room) {
+                Ok(presence) => {
+                    tokio::spawn(async move {
+                        match presence.await {
+                            Ok(presence) => reply.ack(&with_room(&room, &presence)),
+                            Err(err) => reply.error(&err, None, Some(&room)),
+                        }
+                    });
+                }
+                Err(err) => reply.error(&err, None, Some(&room)),
+            }
+        })
+    });
+    let s = state.clone();
+    socket.on("typing", move |Data(args): Data<Value>, ack: AckSender| {
+        inline(move || {
+            let reply = Reply::Ack(ack);
+            match accept::<RoomArgs>(&s.conn, args, "typing needs {room}") {
+                Ok(RoomArgs { room }) => match s.conn.typing(&room) {
+                    Ok(()) => reply.ack(&json!({"room": room})),
+                    Err(err) => reply.error(&err, None, Some(&room)),
+                },
+                Err(err) => reply.error(&err, None, None),
+            }
+        })
+    });
+    let s = state.clone();
+    socket.on("rooms", move |Data(args): Data<Value>, ack: AckSender| {
+        inline(move || {
+            let reply = Reply::Ack(ack);
+            // `rooms()` with no argument asks for the first page.
+            let args = if args.is_null() { json!({}) } else { args };
+            let RoomsArgs { offset, limit } = match accept(&s.conn, args, "rooms needs {offset?, limit?}") {
+                Ok(args) => args,
+                Err(err) => return reply.error(&err, None, None),
+            };
+            let page = s.conn.rooms(offset, limit);
+            tokio::spawn(async move {
+                match page.await {
+                    Ok(page) => {
+                        let mut answer = json!({"rooms": page.rooms, "total": page.total});
+                        if let Some(next) = page.next {
+                            answer["next"] = json!(next);
+                        }
+                        reply.ack(&answer)
+                    }
+                    Err(err) => reply.error(&err, None, None),
+                }
+            });
+        })
+    });
     socket.on_disconnect(async move |reason: DisconnectReason| {
         let reason = match reason {
             DisconnectReason::TransportClose | DisconnectReason::ClientNSDisconnect => "client_close",
@@ -368,6 +436,29 @@ pub(crate) struct LeaveArgs {
     room: String,
 }
 
+/// `presence({room})` and `typing({room})`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RoomArgs {
+    room: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RoomsArgs {
+    offset: Option<u32>,
+    limit: Option<u32>,
+}
+
+/// A serializable value as an object with `room` added: roomcast's events carry the room.
+fn with_room<T: serde::Serialize>(room: &str, value: &T) -> Value {
+    let mut value = serde_json::to_value(value).unwrap_or_else(|_| json!({}));
+    if let Some(object) = value.as_object_mut() {
+        object.insert("room".into(), json!(room));
+    }
+    value
+}
+
 #[derive(Deserialize)]
 pub(crate) struct HistoryArgs {
     room: String,
@@ -422,7 +513,7 @@ impl SocketSink {
 }
 
 impl Sink for SocketSink {
-    fn joined(&self, room: &str, page: &[ChatMessage], truncated: bool) {
+    fn joined(&self, room: &str, page: &[ChatMessage], truncated: bool, presence: &Snapshot) {
         match self.style {
             Style::Original => {
                 let messages: Vec<OriginalMessage> = page.iter().filter(|m| !m.tombstone).map(Into::into).collect();
@@ -431,7 +522,8 @@ impl Sink for SocketSink {
                 }
             }
             Style::Roomcast => {
-                let reply = json!({"room": room, "messages": visible(page), "truncated": truncated});
+                let reply =
+                    json!({"room": room, "messages": visible(page), "truncated": truncated, "presence": presence});
                 match self.join_ack.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     Some(ack) => {
                         let _ = ack.send(&reply);
@@ -453,17 +545,31 @@ impl Sink for SocketSink {
         }
     }
 
+    fn notify(&self, room: &str, notice: &Notice, _ws_frame: &Utf8Bytes) {
+        // The original app's client knows none of these events.
+        if self.style == Style::Original {
+            return;
+        }
+        match notice {
+            Notice::Presence(presence) => self.emit("presence", &with_room(room, presence)),
+            Notice::Diff(diff) => self.emit("presence_diff", &with_room(room, diff)),
+            Notice::Typing { user } => self.emit("typing", &json!({"room": room, "user": user})),
+        }
+    }
+
     fn unavailable(&self, room: &str, message: &str) {
         let code = ClientError::Unavailable(String::new()).code();
         self.emit("error", &json!({"code": code, "message": message, "room": room}));
     }
 }
 
-/// The room map: a member of [`DIRECTORY`] that folds its messages into
-/// `{roomId: {name}}` and sends the map to every Socket.IO client when it changes.
+/// The original app's room map, `{roomId: {roomId, name, messages}}`: the directory's
+/// first page. A member of [`DIRECTORY`], whose new entries (rooms created on any
+/// gateway) make it read the page again and send it to every Socket.IO client.
 struct Directory {
     map: Mutex<BTreeMap<String, Value>>,
     io: SocketIo,
+    broker: Arc<dyn Broker>,
 }
 
 impl Directory {
@@ -471,40 +577,55 @@ impl Directory {
         Value::Object(self.map.lock().unwrap_or_else(|p| p.into_inner()).clone().into_iter().collect())
     }
 
-    fn add(&self, msg: &ChatMessage) -> bool {
-        let Some(Entry { room_id, room_name }) = Entry::decode(&msg.text) else {
-            return false;
-        };
-        // The original server's entry shape; its client reads `name`.
-        let entry = json!({"roomId": room_id, "name": room_name, "messages": []});
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).entry(room_id).or_insert(entry);
-        true
-    }
-
-    fn broadcast(&self) {
-        let (io, map) = (self.io.clone(), self.snapshot());
+    /// Enters `created` in the directory at their creation time (after a restart of the
+    /// embedded broker the directory is empty), then reads the first page and sends it.
+    fn refresh(self: &Arc<Self>, created: Vec<RoomTouch>) {
+        let directory = self.clone();
         tokio::spawn(async move {
-            let _ = io.emit("room", &map).await;
+            if !created.is_empty() {
+                if let Err(err) = directory.broker.touch(&created).await {
+                    tracing::warn!(%err, "cannot enter created rooms in the directory");
+                }
+            }
+            let page = match directory.broker.rooms(0, ROOM_MAP_SIZE).await {
+                Ok(page) => page,
+                Err(err) => return tracing::warn!(%err, "cannot read the room directory for the room map"),
+            };
+            let map: BTreeMap<String, Value> = page
+                .rooms
+                .into_iter()
+                .map(|r| {
+                    let name = if r.name.is_empty() { r.room.clone() } else { r.name };
+                    // The original server's entry shape; its client reads `name`.
+                    (r.room.clone(), json!({"roomId": r.room, "name": name, "messages": []}))
+                })
+                .collect();
+            *directory.map.lock().unwrap_or_else(|p| p.into_inner()) = map;
+            let _ = directory.io.emit("room", &directory.snapshot()).await;
         });
     }
 }
 
-impl Sink for Directory {
-    fn joined(&self, _room: &str, page: &[ChatMessage], _truncated: bool) {
-        let mut added = false;
-        for message in page.iter().filter(|m| !m.tombstone) {
-            added |= self.add(message);
-        }
-        if added {
-            self.broadcast();
-        }
+fn created(msg: &ChatMessage) -> Option<RoomTouch> {
+    let Entry { room_id, room_name } = Entry::decode(&msg.text)?;
+    Some(RoomTouch { room: room_id, name: room_name, at: msg.ts, keepalive: false })
+}
+
+/// A sink for the directory room: it needs the `Arc` to refresh from a task.
+struct DirectorySink(Arc<Directory>);
+
+impl Sink for DirectorySink {
+    fn joined(&self, _room: &str, page: &[ChatMessage], _truncated: bool, _presence: &Snapshot) {
+        self.0.refresh(page.iter().filter(|m| !m.tombstone).filter_map(created).collect());
     }
 
     fn deliver(&self, msg: &ChatMessage, _ws_frame: &Utf8Bytes) {
-        if self.add(msg) {
-            self.broadcast();
+        if created(msg).is_some() {
+            self.0.refresh(Vec::new());
         }
     }
+
+    fn notify(&self, _room: &str, _notice: &Notice, _ws_frame: &Utf8Bytes) {}
 
     fn unavailable(&self, _room: &str, message: &str) {
         tracing::warn!(message, "room directory not loaded yet");

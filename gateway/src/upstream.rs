@@ -8,7 +8,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use fanout::{Broker, BrokerError, Link};
 use persister::{Archive, HistoryQuery, StoreError, Written};
-use roomcast_proto::ChatMessage;
+use roomcast_proto::{ChatMessage, HeartbeatReply, PresenceEntry, RoomSignal, RoomTouch, RoomsReply};
 
 /// An upstream client, its calls measured as `roomcast_gateway_upstream_*{upstream}`.
 pub struct Metered<T> {
@@ -61,6 +61,26 @@ impl<B: Broker> Broker for Metered<B> {
 
     async fn connect(&self) -> Result<Link, BrokerError> {
         self.measure("subscribe", any, self.inner.connect()).await
+    }
+
+    async fn signal(&self, signal: &RoomSignal) -> Result<(), BrokerError> {
+        self.measure("signal", any, self.inner.signal(signal)).await
+    }
+
+    async fn presence(&self, room: &str) -> Result<Vec<PresenceEntry>, BrokerError> {
+        self.measure("presence", any, self.inner.presence(room)).await
+    }
+
+    async fn heartbeat(&self, gateway: &str, gone: bool) -> Result<HeartbeatReply, BrokerError> {
+        self.measure("heartbeat", any, self.inner.heartbeat(gateway, gone)).await
+    }
+
+    async fn touch(&self, rooms: &[RoomTouch]) -> Result<(), BrokerError> {
+        self.measure("touch", any, self.inner.touch(rooms)).await
+    }
+
+    async fn rooms(&self, offset: u32, limit: u32) -> Result<RoomsReply, BrokerError> {
+        self.measure("rooms", any, self.inner.rooms(offset, limit)).await
     }
 }
 

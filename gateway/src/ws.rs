@@ -129,6 +129,34 @@ fn on_text(conn: &Arc<Conn>, outbox: &Outbox, text: &str) {
             }
             Err(err) => reply_error(outbox, err, None, Some(&room)),
         },
+        ClientFrame::Presence { room } => match conn.presence(&room) {
+            Ok(presence) => {
+                let outbox = outbox.clone();
+                tokio::spawn(async move {
+                    let reply = match presence.await {
+                        Ok(presence) => ServerFrame::Presence { room: &room, presence: &presence }.to_json(),
+                        Err(err) => error_frame(&err, None, Some(&room)),
+                    };
+                    outbox.push_json(reply);
+                });
+            }
+            Err(err) => reply_error(outbox, err, None, Some(&room)),
+        },
+        ClientFrame::Typing { room } => {
+            if let Err(err) = conn.typing(&room) {
+                reply_error(outbox, err, None, Some(&room));
+            }
+        }
+        ClientFrame::Rooms { offset, limit } => {
+            let (outbox, page) = (outbox.clone(), conn.rooms(offset, limit));
+            tokio::spawn(async move {
+                let reply = match page.await {
+                    Ok(page) => ServerFrame::Rooms { rooms: page.rooms, total: page.total, next: page.next }.to_json(),
+                    Err(err) => error_frame(&err, None, None),
+                };
+                outbox.push_json(reply);
+            });
+        }
     }
 }
 

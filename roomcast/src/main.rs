@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use fanout::MemoryBroker;
+use fanout::{DirectoryArgs, MemoryBroker};
 use gateway::{EdgeArgs, Gateway};
 use persister::{BatcherConfig, Persister, RedbStore};
 
@@ -47,6 +47,8 @@ struct ServeArgs {
     drain_seconds: u64,
     #[command(flatten)]
     edge: EdgeArgs,
+    #[command(flatten)]
+    directory: DirectoryArgs,
 }
 
 #[derive(clap::Args)]
@@ -89,6 +91,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = RedbStore::open(&args.data_dir)?;
     let archive = Arc::new(Persister::new(Arc::new(store), BatcherConfig::default()));
     tracing::info!(data_dir = %args.data_dir.display(), metrics = %args.metrics_listen, "roomcast starting");
-    let gateway = Gateway::start(Arc::new(MemoryBroker::default()), archive, edge.limits, edge.access);
+    let broker = MemoryBroker::new(args.directory.limits()?);
+    let gateway = Gateway::start(Arc::new(broker), archive, edge.limits, edge.access);
     gateway.run(args.listen, edge.tls, args.metrics_listen, metrics, Duration::from_secs(args.drain_seconds)).await
 }

@@ -14,17 +14,18 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use governor::DefaultDirectRateLimiter;
 use metrics::{Counter, Histogram};
 use persister::HistoryQuery;
-use roomcast_proto::ChatMessage;
+use roomcast_proto::{ChatMessage, RoomTouch};
 use tokio::sync::mpsc;
 
 use crate::admission::{Admitted, Slot};
 use crate::auth::RoomGrant;
 use crate::directory::{Entry, DIRECTORY, SYSTEM_USER};
 use crate::error::{ClientError, Malformed};
-use crate::hub::{store_failed, Hub};
+use crate::hub::{broker_failed, store_failed, Hub};
 use crate::limits::Limits;
 use crate::metrics::METRICS;
-use crate::protocol::newest_within;
+use crate::presence::Snapshot;
+use crate::protocol::{newest_within, RoomEntry};
 use crate::sink::{MemberId, Sink};
 
 /// Sends a connection may have waiting; beyond it sends are refused (`overloaded`).
@@ -50,6 +51,17 @@ pub struct Sent {
 
 /// Where a send's answer goes; called once, in the order the sends were made.
 pub type OnSent = Box<dyn FnOnce(Sent) + Send>;
+
+/// A page of the room directory.
+pub struct RoomsPage {
+    pub rooms: Vec<RoomEntry>,
+    pub total: u64,
+    /// The offset of the next page, if there is one.
+    pub next: Option<u64>,
+}
+
+/// Rooms in a directory page when the client asks for no number.
+pub const ROOMS_PAGE: u32 = 50;
 
 pub struct Conn {
     hub: Arc<Hub>,
@@ -110,7 +122,7 @@ impl Conn {
     pub fn join(&self, room: &str, since: Option<u64>, sink: Arc<dyn Sink>) -> Result<(), ClientError> {
         self.check_access(room)?;
         {
-            let mut rooms = self.rooms();
+            let mut rooms = self.joined_rooms();
             if rooms.contains(room) {
                 self.hub.rooms.leave(room, self.member);
             } else if rooms.len() >= self.hub.limits.max_rooms_per_connection {
@@ -118,14 +130,68 @@ impl Conn {
             }
             rooms.insert(room.to_owned());
         }
-        self.hub.rooms.join(room, self.member, sink, since);
+        self.hub.rooms.join(room, self.member, self.user.as_deref(), sink, since);
         Ok(())
+    }
+
+    /// `room`'s presence, as its members were last told; the room must be joined.
+    pub fn presence(
+        &self,
+        room: &str,
+    ) -> Result<impl Future<Output = Result<Snapshot, ClientError>> + Send + 'static, ClientError> {
+        self.check_joined(room)?;
+        let answer = self.hub.rooms.presence(room);
+        Ok(async move {
+            match answer {
+                Some(answer) => {
+                    answer.await.map_err(|_| ClientError::Unavailable("the room closed; join again".into()))
+                }
+                None => Err(ClientError::Unavailable("the room closed; join again".into())),
+            }
+        })
+    }
+
+    /// Tells the other users of `room` that this connection's user is typing.
+    pub fn typing(&self, room: &str) -> Result<(), ClientError> {
+        self.check_joined(room)?;
+        let Some(user) = &self.user else {
+            let message = "connect with a user name (?user=NAME, or auth {user}) to signal typing";
+            return Err(self.refused(ClientError::InvalidUser(message.into())));
+        };
+        self.hub.rooms.typing(room, user);
+        Ok(())
+    }
+
+    /// A page of the room directory, most recently active first, with member counts.
+    pub fn rooms(
+        &self,
+        offset: Option<u32>,
+        limit: Option<u32>,
+    ) -> impl Future<Output = Result<RoomsPage, ClientError>> + Send + 'static {
+        let broker = self.hub.broker.clone();
+        let offset = offset.unwrap_or(0);
+        let limit = limit.unwrap_or(ROOMS_PAGE).clamp(1, fanout::MAX_ROOMS_PAGE);
+        async move {
+            let reply = broker.rooms(offset, limit).await.map_err(broker_failed)?;
+            let end = u64::from(offset) + reply.rooms.len() as u64;
+            let rooms = reply
+                .rooms
+                .into_iter()
+                .map(|r| RoomEntry {
+                    name: if r.name.is_empty() { r.room.clone() } else { r.name },
+                    room: r.room,
+                    members: r.members,
+                    active_at: r.active_at,
+                })
+                .collect();
+            Ok(RoomsPage { rooms, total: reply.total, next: (end < reply.total).then_some(end) })
+        }
     }
 
     /// Leaves `room`; leaving a room not joined is not an error.
     pub fn leave(&self, room: &str) -> Result<(), ClientError> {
         self.hub.limits.check_room(room).map_err(|err| self.refused(err))?;
-        if self.rooms().remove(room) {
+        if self.joined_rooms().remove(room) {
             self.hub.rooms.leave(room, self.member);
         }
         Ok(())
@@ -157,10 +223,25 @@ impl Conn {
             return on_created(Err(self.refused(ClientError::bad_request(Malformed::Field, message))));
         }
         let room_id = ulid::Ulid::new().to_string();
+        if !self.grant.allows(&room_id) {
+            return on_created(Err(self.refused(ClientError::ForbiddenRoom { room: room_id })));
+        }
+        let creator = match &self.user {
+            Some(user) => user.clone(),
+            None => format!("~connection-{}", self.member),
+        };
+        if self.hub.room_creations.check_key(&creator).is_err() {
+            let per_minute = self.hub.limits.rooms_created_per_minute;
+            let message = format!("at most {per_minute} rooms created per minute: wait, then create it again");
+            return on_created(Err(self.refused(ClientError::RateLimited(message))));
+        }
         let entry = Entry { room_id: room_id.clone(), room_name: name.to_owned() }.encode();
         let client_id = format!("create:{room_id}");
+        let touch = RoomTouch { room: room_id.clone(), name: name.to_owned(), ..Default::default() };
         let on_sent = Box::new(move |sent: Sent| on_created(sent.result.map(|_| room_id)));
-        self.queue(SendJob::new(DIRECTORY.to_owned(), SYSTEM_USER.to_owned(), entry, client_id, on_sent));
+        let mut job = SendJob::new(DIRECTORY.to_owned(), SYSTEM_USER.to_owned(), entry, client_id, on_sent);
+        job.touch = Some(touch);
+        self.queue(job);
     }
 
     /// A page of `room`'s history before `before` (the newest `limit`, oldest first),
@@ -193,7 +274,7 @@ impl Conn {
         let Some(slot) = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
-        let rooms: Vec<String> = self.rooms().drain().collect();
+        let rooms: Vec<String> = self.joined_rooms().drain().collect();
         for room in rooms {
             self.hub.rooms.leave(&room, self.member);
         }
@@ -204,8 +285,17 @@ impl Conn {
         drop(slot);
     }
 
-    fn rooms(&self) -> MutexGuard<'_, HashSet<String>> {
+    fn joined_rooms(&self) -> MutexGuard<'_, HashSet<String>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A room this connection is in.
+    fn check_joined(&self, room: &str) -> Result<(), ClientError> {
+        self.check_access(room)?;
+        if !self.joined_rooms().contains(room) {
+            return Err(self.refused(ClientError::NotJoined { room: room.to_owned() }));
+        }
+        Ok(())
     }
 
     /// A valid room name the token grants.
@@ -230,7 +320,7 @@ impl Conn {
         if !self.grant.allows(room) {
             return Err(ClientError::ForbiddenRoom { room: room.to_owned() });
         }
-        if !self.rooms().contains(room) {
+        if !self.joined_rooms().contains(room) {
             return Err(ClientError::NotJoined { room: room.to_owned() });
         }
         let user = match (&self.user, self.authenticated) {
@@ -283,11 +373,13 @@ struct SendJob {
     text: String,
     client_id: String,
     on_sent: OnSent,
+    /// A room to enter in the directory before the send (a created room).
+    touch: Option<RoomTouch>,
 }
 
 impl SendJob {
     fn new(room: String, user: String, text: String, client_id: String, on_sent: OnSent) -> Self {
-        SendJob { received: tokio::time::Instant::now(), room, user, text, client_id, on_sent }
+        SendJob { received: tokio::time::Instant::now(), room, user, text, client_id, on_sent, touch: None }
     }
 }
 
@@ -312,7 +404,16 @@ impl Drop for SendQueue {
 
 async fn run_sends(hub: Arc<Hub>, mut jobs: mpsc::Receiver<SendJob>, duration: &'static Histogram) {
     while let Some(job) = jobs.recv().await {
-        let result = hub.send(job.received, &job.user, &job.room, &job.text, &job.client_id).await;
+        // A created room enters the directory first, so that whoever learns of it from
+        // its stored entry finds it there.
+        let touched = match &job.touch {
+            Some(touch) => hub.broker.touch(std::slice::from_ref(touch)).await.map_err(broker_failed),
+            None => Ok(()),
+        };
+        let result = match touched {
+            Ok(()) => hub.send(job.received, &job.user, &job.room, &job.text, &job.client_id).await,
+            Err(err) => Err(err),
+        };
         duration.record(job.received.elapsed());
         let outcome = if result.is_ok() { "acked" } else { "error" };
         metrics::counter!("roomcast_gateway_messages_sent_total", "result" => outcome).increment(1);

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::presence::{Notice, Snapshot};
 use async_trait::async_trait;
 use fanout::MemoryBroker;
 use persister::{Archive, BatcherConfig, HistoryQuery, Persister, RedbStore, StoreError, Written};
@@ -64,12 +65,13 @@ enum Seen {
 struct Probe(mpsc::UnboundedSender<Seen>);
 
 impl Sink for Probe {
-    fn joined(&self, _room: &str, page: &[ChatMessage], _truncated: bool) {
+    fn joined(&self, _room: &str, page: &[ChatMessage], _truncated: bool, _presence: &Snapshot) {
         let _ = self.0.send(Seen::Joined(page.iter().filter(|m| !m.tombstone).map(|m| m.seq).collect()));
     }
     fn deliver(&self, msg: &ChatMessage, _ws_frame: &Utf8Bytes) {
         let _ = self.0.send(Seen::Message(msg.seq, msg.text.clone()));
     }
+    fn notify(&self, _room: &str, _notice: &Notice, _ws_frame: &Utf8Bytes) {}
     fn unavailable(&self, _room: &str, _message: &str) {
         let _ = self.0.send(Seen::Unavailable);
     }
