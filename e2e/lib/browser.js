@@ -198,6 +198,9 @@ async function describe(page) {
     status: document.body.dataset.status,
     joined: document.body.dataset.joined,
     user: document.body.dataset.user,
+    online: document.body.dataset.presence,
+    members: Array.from(document.querySelectorAll('[data-testid=member-list] [data-testid=member]'), (e) => e.dataset.user),
+    typing: (document.querySelector('[data-testid=typing-text]') || {}).textContent,
   })).catch((err) => ({ error: err.message }));
   const msgs = await confirmed(page).catch(() => []);
   const pend = await pending(page).catch(() => []);
@@ -255,6 +258,25 @@ async function pickName(page, name) {
   await waitFor(page, `the name ${name} to be taken`, (n) => document.body.dataset.user === n, name);
 }
 
+/** The open room's member list as shown (data-user of each member, in display order). */
+function members(page) {
+  return page.$$eval('[data-testid=member-list] [data-testid=member]', (els) => els.map((e) => e.dataset.user));
+}
+
+/** The member list shows exactly `users` (in any order; the order is checked by the caller). */
+function waitMembers(page, users, what = `the member list to show ${JSON.stringify(users)}`) {
+  return waitFor(page, what, (want) => {
+    const have = Array.from(document.querySelectorAll('[data-testid=member-list] [data-testid=member]'),
+      (e) => e.dataset.user).sort();
+    return JSON.stringify(have) === JSON.stringify([...want].sort());
+  }, users);
+}
+
+/** The "… is typing" line as shown ('' when nobody types). */
+function typingText(page) {
+  return page.$eval('[data-testid=typing-text]', (e) => e.textContent.trim());
+}
+
 let roomCounter = 0;
 /** A room name no other test uses. */
 function uniqueRoom(prefix) {
@@ -264,5 +286,5 @@ function uniqueRoom(prefix) {
 
 module.exports = {
   usePageFrom, launchBrowser, browserTest, confirmed, pending, describe, waitFor, waitJoined, waitTexts,
-  type, send, pickName, uniqueRoom, SHOT_DIR, WAIT_MS,
+  type, send, pickName, uniqueRoom, members, waitMembers, typingText, SHOT_DIR, WAIT_MS,
 };
