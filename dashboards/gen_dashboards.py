@@ -316,6 +316,23 @@ SEND_LATENCY_DESC = ("roomcast_gateway_send_duration_seconds: from a send's arri
 SEND_ERRORS_DESC = ("Share of client sends answered with an error (roomcast_gateway_messages_sent_total{result=\"error\"}): "
                     "server-side failures, unavailable or timeout; refusals of bad or over-limit frames are bad frames, not "
                     "errors. Alert RoomcastSendErrorRatio: above 1% for 5 minutes.")
+PRESENCE_ENTRIES_DESC = ("roomcast_gateway_presence_entries: users present through this gateway, summed over its rooms, per pod. "
+                         "Users, not connections: two tabs of one user in one room count once; a user in three rooms counts "
+                         "three times; a user connected to two gateways counts on both, so the pods' lines do not add up to "
+                         "distinct users. Connections without a user name are not present.")
+PRESENCE_DIFFS_DESC = ("roomcast_gateway_presence_diffs_total: presence_diff batches sent, per pod: at most one per room every "
+                       "250 ms, only when the room's members changed (so at most 4/s per room). Follows join/leave churn: "
+                       "a rollout or reconnect storm shows a burst.")
+TYPING_DESC = ("roomcast_gateway_typing_total: typing frames (Socket.IO events) by result. relayed: sent on to the room's other "
+               "users, on every gateway; dropped: silently dropped, more than one per user per room per second (a client "
+               "that sends typing on every keystroke shows as dropped, which is harmless).")
+DIRECTORY_DESC = ("roomcast_gateway_directory_rooms: rooms in the room directory. The directory is shared by every gateway "
+                  "(kept by the broker) and each gateway reports its size, so the pods' lines lie on top of each other. "
+                  "Grows with create_room and with rooms that get members or messages; rooms without either for "
+                  "--directory-idle-seconds drop out; capped at --directory-max-rooms.")
+PRESENCE_FAILURES_DESC = ("roomcast_gateway_presence_refresh_failures_total: presence calls to the broker that failed, by op: "
+                          "heartbeat (this gateway's liveness, every 5 s), announce (its users' joins and leaves), read "
+                          "(other gateways' users). Alert RoomcastPresenceRefreshFailing: any failure in 5 minutes, for 5 minutes.")
 REFUSED_DESC = ("roomcast_gateway_refused_connections_total: connections refused before any room was touched, by reason. "
                 "origin_not_allowed (ROOMCAST_ALLOWED_ORIGINS), token_missing / token_invalid / token_expired (JWT), "
                 "server_full (the gateway holds ROOMCAST_MAX_CONNECTIONS), too_many_connections "
@@ -455,6 +472,18 @@ def gateway() -> dict:
     b.add(timeseries("Room store reads by reason", "Store queries rooms make: first loads, joins older than the tail, gap fills, catch-ups.",
                      [(srate("roomcast_gateway_store_reads_total", "reason"), "{{reason}}")], unit="reqps", stack=True))
 
+    b.row("Presence, typing and directory")
+    b.add(timeseries("Presence entries", PRESENCE_ENTRIES_DESC,
+                     [(f"sum by (pod) ({sel('roomcast_gateway_presence_entries')})", "{{pod}}")]))
+    b.add(timeseries("Presence diffs sent", PRESENCE_DIFFS_DESC,
+                     [(srate("roomcast_gateway_presence_diffs_total", "pod"), "{{pod}}")], unit="ops"))
+    b.add(timeseries("Directory rooms", DIRECTORY_DESC,
+                     [(f"max by (pod) ({sel('roomcast_gateway_directory_rooms')})", "{{pod}}")]))
+    b.add(timeseries("Typing by result", TYPING_DESC,
+                     [(srate("roomcast_gateway_typing_total", "result"), "{{result}}")], unit="reqps", stack=True), w=12)
+    b.add(timeseries("Presence broker failures by op", PRESENCE_FAILURES_DESC,
+                     [(srate("roomcast_gateway_presence_refresh_failures_total", "op"), "{{op}}")], unit="reqps", stack=True), w=12)
+
     b.row("Upstream gRPC (fanout, persister)")
     b.add(timeseries("Calls by upstream and method", "gRPC calls per second (from the latency histogram's count).",
                      [(srate("roomcast_gateway_upstream_request_duration_seconds_count", "upstream, method"), "{{upstream}} {{method}}")], unit="reqps"))
@@ -466,7 +495,7 @@ def gateway() -> dict:
     process_row(b)
     build_info_stat(b, w=24)
     return dashboard("roomcast-gateway", "roomcast / Gateway",
-                     "WebSocket/Socket.IO gateways: connections, frames, delivery latency, backpressure, gRPC upstreams.",
+                     "WebSocket/Socket.IO gateways: connections, frames, delivery latency, backpressure, presence, typing and the room directory, gRPC upstreams.",
                      b, "roomcast_gateway_ready")
 
 
