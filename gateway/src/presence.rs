@@ -181,11 +181,25 @@ impl Presence {
         view
     }
 
-    /// What members were last told: for `joined` and a `presence` request.
+    /// What members were last told: for a `presence` request.
     pub fn snapshot(&self) -> Snapshot {
-        let count = self.sent.len();
-        let members = (count <= self.config.list_max)
-            .then(|| self.sent.iter().map(|(user, at)| Member { user: user.clone(), joined_at: *at }).collect());
+        self.snapshot_for(None)
+    }
+
+    /// What members were last told, with `joiner` (a member joining now, not yet in a
+    /// batch) added: a member always finds itself in its `joined`.
+    pub fn snapshot_for(&self, joiner: Option<&str>) -> Snapshot {
+        let own = joiner.filter(|u| !self.sent.contains_key(*u)).and_then(|u| Some((u, self.local.get(u)?.1)));
+        let count = self.sent.len() + usize::from(own.is_some());
+        let members = (count <= self.config.list_max).then(|| {
+            let mut members: Vec<Member> =
+                self.sent.iter().map(|(user, at)| Member { user: user.clone(), joined_at: *at }).collect();
+            if let Some((user, joined_at)) = own {
+                let at = members.partition_point(|m| m.user.as_str() < user);
+                members.insert(at, Member { user: user.to_owned(), joined_at });
+            }
+            members
+        });
         Snapshot { count, members }
     }
 
@@ -317,6 +331,18 @@ mod tests {
         let (notice, again) = p.tick(now + Duration::from_secs(3));
         assert_eq!(users(&notice), (vec![], vec!["ada".to_string()]));
         assert!(!again);
+    }
+
+    #[test]
+    fn a_joining_member_finds_itself_in_its_snapshot() {
+        let mut p = presence(100);
+        p.apply("g1", &change(&["bo"], &[], false));
+        p.tick(Instant::now());
+        p.join("ada");
+        let snapshot = p.snapshot_for(Some("ada"));
+        let users: Vec<&str> = snapshot.members.iter().flatten().map(|m| m.user.as_str()).collect();
+        assert_eq!((snapshot.count, users), (2, vec!["ada", "bo"]));
+        assert_eq!(p.snapshot().count, 1, "the others were not told yet");
     }
 
     #[test]

@@ -649,7 +649,8 @@ impl RoomTask {
         };
         let page_high = page.messages.last().map_or(0, |m| m.seq);
         let last = if page.truncated { page_high } else { page_high.max(page.high).max(since.unwrap_or(0)) };
-        member.sink.joined(&self.room, &page.messages, page.truncated, &self.presence.snapshot());
+        let presence = self.presence.snapshot_for(member.user.as_deref());
+        member.sink.joined(&self.room, &page.messages, page.truncated, &presence);
         member.last = Some(last);
         for msg in std::mem::take(&mut member.held) {
             if msg.seq > last && !msg.tombstone {
