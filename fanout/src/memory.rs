@@ -12,7 +12,9 @@ use roomcast_proto::{
 use tokio::sync::mpsc;
 
 use crate::broker::{Broker, BrokerError, Link, LINK_CAPACITY};
-use crate::presence::{distinct_users, touched_at, Directory, DirectoryLimits, GATEWAY_TTL, MAX_ROOMS_PAGE};
+use crate::presence::{
+    distinct_users, signal_kind, touched_at, Directory, DirectoryLimits, GATEWAY_TTL, MAX_ROOMS_PAGE,
+};
 use crate::registry::Registry;
 
 #[derive(Clone, Default)]
@@ -127,6 +129,9 @@ impl Broker for MemoryBroker {
             }
         }
         state.registry.signal(signal);
+        if let Some(kind) = signal_kind(signal) {
+            metrics::counter!("roomcast_fanout_signals_total", "kind" => kind).increment(1);
+        }
         Ok(())
     }
 

@@ -63,6 +63,15 @@ impl DirectoryArgs {
     }
 }
 
+/// The metric label of a signal.
+pub fn signal_kind(signal: &roomcast_proto::RoomSignal) -> Option<&'static str> {
+    match signal.kind {
+        Some(roomcast_proto::room_signal::Kind::Presence(_)) => Some("presence"),
+        Some(roomcast_proto::room_signal::Kind::Typing(_)) => Some("typing"),
+        None => None,
+    }
+}
+
 /// When a touch says the room was active, in Unix milliseconds.
 pub fn touched_at(touch: &roomcast_proto::RoomTouch, limits: DirectoryLimits, now: i64) -> i64 {
     if touch.keepalive {

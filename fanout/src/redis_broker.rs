@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::broker::{Broker, BrokerError, Link, LINK_CAPACITY};
 use crate::presence::{
-    distinct_users, is_listed, touched_at, DirectoryLimits, GATEWAY_TTL, MAX_ROOMS_PAGE, TRIM_BATCH,
+    distinct_users, is_listed, signal_kind, touched_at, DirectoryLimits, GATEWAY_TTL, MAX_ROOMS_PAGE, TRIM_BATCH,
 };
 use crate::registry::{LinkId, Registry};
 
@@ -275,7 +275,7 @@ impl Broker for RedisBroker {
         let mut conn = self.conn.clone();
         let channel = format!("{SIGNAL_PREFIX}{}", signal.room);
         let payload = signal.encode_to_vec();
-        let (result, kind) = match &signal.kind {
+        let result = match &signal.kind {
             Some(room_signal::Kind::Presence(change)) => {
                 let mut script = self.presence_change.key(format!("{PRESENCE_PREFIX}{}", signal.room));
                 script
@@ -291,16 +291,18 @@ impl Broker for RedisBroker {
                 for leave in &change.leaves {
                     script.arg(leave);
                 }
-                (script.invoke_async::<i64>(&mut conn).await.map(drop), "presence")
+                script.invoke_async::<i64>(&mut conn).await.map(drop)
             }
             Some(room_signal::Kind::Typing(_)) => {
-                let published = redis::cmd("PUBLISH").arg(channel).arg(payload).query_async::<i64>(&mut conn).await;
-                (published.map(drop), "typing")
+                redis::cmd("PUBLISH").arg(channel).arg(payload).query_async::<i64>(&mut conn).await.map(drop)
             }
             None => return Ok(()),
         };
-        metrics::counter!("roomcast_fanout_signals_total", "kind" => kind).increment(1);
-        result.map_err(|err| unavailable("signal", err))
+        result.map_err(|err| unavailable("signal", err))?;
+        if let Some(kind) = signal_kind(signal) {
+            metrics::counter!("roomcast_fanout_signals_total", "kind" => kind).increment(1);
+        }
+        Ok(())
     }
 
     async fn presence(&self, room: &str) -> Result<Vec<PresenceEntry>, BrokerError> {
@@ -322,7 +324,8 @@ impl Broker for RedisBroker {
         pipe.cmd("ZRANGE").arg(GATEWAYS).arg(0).arg(-1);
         let (added, live): (i64, Vec<String>) =
             pipe.query_async(&mut conn).await.map_err(|err| unavailable("heartbeat", err))?;
-        let directory_rooms = self
+        // The heartbeat itself is done: a failed trim must not hide it (nor `rejoined`).
+        let trimmed = self
             .trim_directory
             .key(DIRECTORY_ACTIVE)
             .key(DIRECTORY_NAMES)
@@ -330,8 +333,12 @@ impl Broker for RedisBroker {
             .arg(self.limits.max_rooms)
             .arg(TRIM_BATCH)
             .invoke_async::<u64>(&mut conn)
-            .await
-            .map_err(|err| unavailable("heartbeat", err))?;
+            .await;
+        let directory_rooms = trimmed.unwrap_or_else(|err| {
+            metrics::counter!("roomcast_fanout_redis_errors_total", "op" => "heartbeat").increment(1);
+            tracing::warn!(%err, "cannot trim the room directory; trying again at the next heartbeat");
+            0
+        });
         Ok(HeartbeatReply { live, directory_rooms, rejoined: !gone && added == 1 })
     }
 
@@ -351,6 +358,10 @@ impl Broker for RedisBroker {
         pipe.add_command(active).ignore();
         for touch in rooms.iter().filter(|t| !t.name.is_empty()) {
             pipe.cmd("HSET").arg(DIRECTORY_NAMES).arg(&touch.room).arg(&touch.name).ignore();
+        }
+        // A room with members keeps its presence hash, however long nobody comes or goes.
+        for touch in rooms.iter().filter(|t| t.keepalive) {
+            pipe.cmd("EXPIRE").arg(format!("{PRESENCE_PREFIX}{}", touch.room)).arg(PRESENCE_KEY_TTL_SECS).ignore();
         }
         pipe.query_async::<()>(&mut conn).await.map_err(|err| unavailable("touch", err))
     }
@@ -384,11 +395,25 @@ impl Broker for RedisBroker {
             .await
             .map_err(|err| unavailable("rooms", err))?;
         let live = self.live_gateways().await?;
-        let mut rooms = Vec::with_capacity(page.len());
-        for ((room, active_at), name) in page.into_iter().zip(names) {
-            let members = distinct_users(&self.entries(&room, &live).await?, &live);
-            rooms.push(RoomInfo { room, name: name.unwrap_or_default(), members, active_at: active_at as i64 });
+        let mut hashes = redis::pipe();
+        for (room, _) in &page {
+            hashes.cmd("HKEYS").arg(format!("{PRESENCE_PREFIX}{room}"));
         }
+        let fields: Vec<Vec<String>> = hashes.query_async(&mut conn).await.map_err(|err| unavailable("rooms", err))?;
+        let rooms = page
+            .into_iter()
+            .zip(names)
+            .zip(fields)
+            .map(|(((room, active_at), name), fields)| {
+                let entries: Vec<PresenceEntry> = fields
+                    .iter()
+                    .filter_map(|field| field.split_once(SEPARATOR))
+                    .map(|(gateway, user)| PresenceEntry { user: user.into(), joined_at: 0, gateway: gateway.into() })
+                    .collect();
+                let members = distinct_users(&entries, &live);
+                RoomInfo { room, name: name.unwrap_or_default(), members, active_at: active_at as i64 }
+            })
+            .collect();
         Ok(RoomsReply { rooms, total })
     }
 }

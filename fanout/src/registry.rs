@@ -91,16 +91,18 @@ impl Registry {
         }
     }
 
-    /// Carries a signal to the links subscribed to its room.
+    /// Carries a signal to the links subscribed to its room. Typing is dropped for a link
+    /// that is full rather than closing it: it is not worth a resync of every room.
     pub fn signal(&mut self, signal: &RoomSignal) {
-        let kind = match signal.kind {
-            Some(room_signal::Kind::Presence(_)) => "presence",
-            Some(room_signal::Kind::Typing(_)) => "typing",
-            None => return,
-        };
-        metrics::counter!("roomcast_fanout_signals_total", "kind" => kind).increment(1);
+        let typing = matches!(signal.kind, Some(room_signal::Kind::Typing(_)));
         for link in self.subscribers(&signal.room) {
-            self.send(link, Event { kind: Some(Kind::Signal(signal.clone())) });
+            let event = Event { kind: Some(Kind::Signal(signal.clone())) };
+            match self.links.get(&link) {
+                Some(tx) if typing => {
+                    let _ = tx.try_send(event);
+                }
+                _ => self.send(link, event),
+            }
         }
     }
 

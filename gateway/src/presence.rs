@@ -153,10 +153,11 @@ impl Presence {
 
     /// Replaces what is known of other gateways with the broker's entries.
     pub fn load(&mut self, entries: &[PresenceEntry]) {
-        let now = Instant::now();
+        // The broker only answers gateways alive when it read: not new ones.
+        let established = Instant::now().checked_sub(NEW_GATEWAY).unwrap_or_else(Instant::now);
         let mut remote: HashMap<String, Remote> = HashMap::new();
         for entry in entries.iter().filter(|e| e.gateway != *self.config.gateway) {
-            let first_seen = self.remote.get(&entry.gateway).map_or(now, |r| r.first_seen);
+            let first_seen = self.remote.get(&entry.gateway).map_or(established, |r| r.first_seen);
             let gateway =
                 remote.entry(entry.gateway.clone()).or_insert_with(|| Remote { first_seen, users: HashMap::new() });
             gateway.users.insert(entry.user.clone(), entry.joined_at);
@@ -263,6 +264,7 @@ impl Presence {
 
     /// Whether `user`'s typing signal is relayed: at most one per [`TYPING_EVERY`].
     pub fn typing(&mut self, user: &str, now: Instant) -> bool {
+        self.typing.retain(|_, at| now.duration_since(*at) < TYPING_EVERY);
         match self.typing.get(user) {
             Some(at) if now.duration_since(*at) < TYPING_EVERY => false,
             _ => {

@@ -35,6 +35,9 @@ use crate::sink::{MemberId, Sink};
 const GAP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Wait before retrying a store read that failed.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Reads of a room's presence tried (1 s, 2 s, 4 s, 8 s apart) before giving up until the
+/// next resync: a broker without presence (an older fanout) is not asked for ever.
+const PRESENCE_READ_ATTEMPTS: u32 = 5;
 /// Bounds of a room's in-memory tail: enough for a history page and a reconnect's worth
 /// of recovery in a busy room, little enough for many rooms per gateway.
 const TAIL_MESSAGES: usize = 512;
@@ -91,7 +94,11 @@ enum Command {
         user: String,
     },
     Presence(oneshot::Sender<Snapshot>),
-    PresenceLoaded(Result<Vec<PresenceEntry>, BrokerError>),
+    PresenceLoaded {
+        read: u64,
+        attempt: u32,
+        result: Result<Vec<PresenceEntry>, BrokerError>,
+    },
     /// The gateways alive now.
     Gateways(Arc<HashSet<String>>),
     /// Announce this gateway's users whole at the next tick.
@@ -194,6 +201,15 @@ impl Rooms {
         let (tx, rx) = oneshot::channel();
         self.map().get(room)?.commands.send(Command::Presence(tx)).ok()?;
         Some(rx)
+    }
+
+    pub fn announcer(&self) -> &Announcer {
+        &self.announcer
+    }
+
+    /// `room` announces its users again, whole; false if it has no members here.
+    pub fn reannounce_room(&self, room: &str) -> bool {
+        self.map().get(room).is_some_and(|entry| entry.commands.send(Command::Reannounce).is_ok())
     }
 
     /// Every room announces its users again, whole.
@@ -301,6 +317,10 @@ struct RoomTask {
     tick_armed: bool,
     /// The next announcement carries this gateway's whole list (after a resync).
     announce_full: bool,
+    /// The presence read in flight (its number), and the signals that arrived meanwhile:
+    /// the read may predate them, so they are applied again on top of it.
+    presence_read: Option<(u64, Vec<RoomSignal>)>,
+    presence_reads: u64,
     history_page: u32,
     max_recovery: usize,
     /// Text bytes one join recovers at most: the `joined` frame must fit the member's
@@ -332,6 +352,8 @@ impl RoomTask {
             presence: Presence::new(rooms.presence.clone()),
             tick_armed: false,
             announce_full: false,
+            presence_read: None,
+            presence_reads: 0,
             history_page: limits.history_page,
             max_recovery: limits.max_recovery,
             recovery_bytes: limits.send_queue_bytes / 2,
@@ -406,28 +428,24 @@ impl RoomTask {
                 self.gap_timer = false;
                 self.check_gap();
             }
-            Command::Signal(signal) => match signal.kind {
+            // This gateway's own signals come back through the broker: already known.
+            Command::Signal(signal) if signal.gateway == self.presence.gateway() => {}
+            Command::Signal(signal) => match &signal.kind {
                 Some(room_signal::Kind::Presence(change)) => {
-                    self.presence.apply(&signal.gateway, &change);
+                    self.presence.apply(&signal.gateway, change);
+                    if let Some((_, meanwhile)) = &mut self.presence_read {
+                        meanwhile.push(signal);
+                    }
                     self.arm_tick();
                 }
-                Some(room_signal::Kind::Typing(user)) => self.typing(user, false),
+                Some(room_signal::Kind::Typing(user)) => self.typing(user.clone(), false),
                 None => {}
             },
             Command::Typing { user } => self.typing(user, true),
             Command::Presence(reply) => {
                 let _ = reply.send(self.presence.snapshot());
             }
-            Command::PresenceLoaded(result) => match result {
-                Ok(entries) => {
-                    self.presence.load(&entries);
-                    self.arm_tick();
-                }
-                Err(err) => {
-                    presence_failed("read");
-                    tracing::debug!(room = %self.room, %err, "cannot read the room's presence from the broker");
-                }
-            },
+            Command::PresenceLoaded { read, attempt, result } => self.presence_loaded(read, attempt, result),
             Command::Gateways(live) => {
                 self.presence.keep(&live);
                 self.arm_tick();
@@ -459,10 +477,51 @@ impl RoomTask {
     /// Reads the other gateways' users from the broker, and announces this gateway's
     /// whole list at the next tick: the broker may have lost them (a Redis restart).
     fn load_presence(&mut self) {
-        let (broker, room) = (self.broker.clone(), self.room.clone());
-        self.spawn(Duration::ZERO, async move { Command::PresenceLoaded(broker.presence(&room).await) });
+        self.read_presence(0, Duration::ZERO);
         self.announce_full = true;
         self.arm_tick();
+    }
+
+    fn read_presence(&mut self, attempt: u32, delay: Duration) {
+        self.presence_reads += 1;
+        let read = self.presence_reads;
+        let meanwhile = self.presence_read.take().map(|(_, signals)| signals).unwrap_or_default();
+        self.presence_read = Some((read, meanwhile));
+        let (broker, room) = (self.broker.clone(), self.room.clone());
+        self.spawn(
+            delay,
+            async move { Command::PresenceLoaded { read, attempt, result: broker.presence(&room).await } },
+        );
+    }
+
+    /// A presence read landed: the latest read replaces what is known of the other
+    /// gateways, then the signals that came meanwhile are applied again. A failed read is
+    /// retried, a few times, with backoff.
+    fn presence_loaded(&mut self, read: u64, attempt: u32, result: Result<Vec<PresenceEntry>, BrokerError>) {
+        if self.presence_read.as_ref().is_none_or(|(latest, _)| *latest != read) {
+            return;
+        }
+        match result {
+            Ok(entries) => {
+                let meanwhile = self.presence_read.take().map(|(_, signals)| signals).unwrap_or_default();
+                self.presence.load(&entries);
+                for signal in meanwhile {
+                    if let Some(room_signal::Kind::Presence(change)) = &signal.kind {
+                        self.presence.apply(&signal.gateway, change);
+                    }
+                }
+                self.arm_tick();
+            }
+            Err(err) => {
+                presence_failed("read");
+                tracing::debug!(room = %self.room, %err, attempt, "cannot read the room's presence from the broker");
+                if attempt + 1 < PRESENCE_READ_ATTEMPTS {
+                    self.read_presence(attempt + 1, RETRY_AFTER * 2u32.pow(attempt));
+                } else {
+                    self.presence_read = None;
+                }
+            }
+        }
     }
 
     fn arm_tick(&mut self) {

@@ -3,41 +3,67 @@
 //! its entries alive, learns which other gateways are, and keeps the directory current.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use fanout::{Broker, HEARTBEAT_EVERY, SYSTEM_PREFIX};
-use roomcast_proto::{RoomSignal, RoomTouch};
+use roomcast_proto::{room_signal, PresenceChange, RoomSignal, RoomTouch};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::presence_failed;
 use crate::rooms::Rooms;
 
+/// Typing signals are dropped, not queued, while this many signals wait: behind a slow
+/// broker they would be stale anyway.
+const TYPING_BACKLOG: usize = 1000;
+
 /// Sends room signals to the broker one at a time, in the order they were made: a room
-/// that closes and reopens here announces its leaves before its joins.
+/// that closes and reopens here announces its leaves before its joins. A presence change
+/// that fails marks its room: after the next good heartbeat the room announces its users
+/// whole again (or, closed here, that this gateway has none there).
 #[derive(Clone)]
 pub struct Announcer {
     queue: mpsc::UnboundedSender<RoomSignal>,
+    waiting: Arc<AtomicUsize>,
+    failed: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Announcer {
     /// Starts the announcer's task; it ends when every `Announcer` is dropped.
     pub fn start(broker: Arc<dyn Broker>) -> Self {
         let (queue, mut signals) = mpsc::unbounded_channel::<RoomSignal>();
+        let announcer = Self { queue, waiting: Arc::default(), failed: Arc::default() };
+        let (waiting, failed) = (announcer.waiting.clone(), announcer.failed.clone());
         tokio::spawn(async move {
             while let Some(signal) = signals.recv().await {
+                waiting.fetch_sub(1, Ordering::Relaxed);
                 if let Err(err) = broker.signal(&signal).await {
                     presence_failed("announce");
                     tracing::debug!(%err, room = %signal.room, "cannot announce a room signal");
+                    if matches!(signal.kind, Some(room_signal::Kind::Presence(_))) {
+                        failed.lock().unwrap_or_else(|p| p.into_inner()).insert(signal.room);
+                    }
                 }
             }
         });
-        Self { queue }
+        announcer
     }
 
-    pub fn send(&self, signal: RoomSignal) {
+    /// Queues a signal; typing is dropped (false) behind a long backlog.
+    pub fn send(&self, signal: RoomSignal) -> bool {
+        let typing = matches!(signal.kind, Some(room_signal::Kind::Typing(_)));
+        if typing && self.waiting.load(Ordering::Relaxed) >= TYPING_BACKLOG {
+            return false;
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
         // Fails only once the task is gone, at shutdown.
-        let _ = self.queue.send(signal);
+        self.queue.send(signal).is_ok()
+    }
+
+    /// The rooms whose presence changes failed since the last call.
+    fn take_failed(&self) -> Vec<String> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).drain().collect()
     }
 }
 
@@ -49,16 +75,43 @@ pub async fn heartbeat(
     housekeeping: impl Fn() + Send + 'static,
     stopped: CancellationToken,
 ) {
+    let mut was_alive = true;
     loop {
         let alive = tokio::select! {
             alive = beat(broker.as_ref(), &rooms, &gateway) => alive,
             _ = stopped.cancelled() => return,
         };
+        match &alive {
+            Ok(()) if !was_alive => {
+                // Readers may have taken this gateway for dead meanwhile.
+                tracing::info!("presence heartbeat works again; announcing every room's users");
+                rooms.reannounce();
+            }
+            Ok(()) => resend_failed(&rooms, &gateway),
+            Err(err) if was_alive => {
+                tracing::warn!(%err, "presence heartbeat failed; other gateways drop this one's users if it lasts")
+            }
+            Err(_) => {}
+        }
+        was_alive = alive.is_ok();
         housekeeping();
-        let next = if alive { HEARTBEAT_EVERY } else { std::time::Duration::from_secs(1) };
+        let next = if was_alive { HEARTBEAT_EVERY } else { std::time::Duration::from_secs(1) };
         tokio::select! {
             _ = tokio::time::sleep(next) => {}
             _ = stopped.cancelled() => return,
+        }
+    }
+}
+
+/// The rooms whose announcements failed announce their users whole; a room closed here
+/// since says this gateway has nobody there.
+fn resend_failed(rooms: &Rooms, gateway: &str) {
+    let announcer = rooms.announcer();
+    for room in announcer.take_failed() {
+        if !rooms.reannounce_room(&room) {
+            let change = PresenceChange { joins: Vec::new(), leaves: Vec::new(), full: true };
+            let kind = Some(room_signal::Kind::Presence(change));
+            announcer.send(RoomSignal { room, gateway: gateway.to_owned(), kind });
         }
     }
 }
@@ -73,9 +126,9 @@ pub async fn farewell(broker: &dyn Broker, gateway: &str) {
 }
 
 /// One heartbeat: this gateway is alive, its rooms with members stay listed, and the
-/// others' entries are kept only while they are alive.
-/// Answers whether the broker took the heartbeat.
-async fn beat(broker: &dyn Broker, rooms: &Rooms, gateway: &str) -> bool {
+/// others' entries are kept only while they are alive. The caller logs a failure, once
+/// per outage.
+async fn beat(broker: &dyn Broker, rooms: &Rooms, gateway: &str) -> Result<(), fanout::BrokerError> {
     let alive = match broker.heartbeat(gateway, false).await {
         Ok(reply) => {
             metrics::gauge!("roomcast_gateway_directory_rooms").set(reply.directory_rooms as f64);
@@ -85,12 +138,11 @@ async fn beat(broker: &dyn Broker, rooms: &Rooms, gateway: &str) -> bool {
                 rooms.reannounce();
             }
             rooms.keep_gateways(Arc::new(reply.live.into_iter().collect::<HashSet<String>>()));
-            true
+            Ok(())
         }
         Err(err) => {
             presence_failed("heartbeat");
-            tracing::warn!(%err, "presence heartbeat failed; other gateways drop this one's users if it lasts");
-            false
+            Err(err)
         }
     };
     let listed: Vec<RoomTouch> = rooms
@@ -101,7 +153,7 @@ async fn beat(broker: &dyn Broker, rooms: &Rooms, gateway: &str) -> bool {
         .collect();
     if let Err(err) = broker.touch(&listed).await {
         presence_failed("heartbeat");
-        tracing::warn!(%err, "cannot mark this gateway's rooms active in the directory");
+        tracing::debug!(%err, "cannot mark this gateway's rooms active in the directory");
     }
     alive
 }

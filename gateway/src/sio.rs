@@ -43,8 +43,14 @@ const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Registers the namespace and the room directory.
 pub fn install(io: &SocketIo, hub: Arc<Hub>) {
-    let directory =
-        Arc::new(Directory { map: Mutex::new(BTreeMap::new()), io: io.clone(), broker: hub.broker.clone() });
+    let directory = Arc::new(Directory {
+        map: Mutex::new(BTreeMap::new()),
+        io: io.clone(),
+        broker: hub.broker.clone(),
+        refreshes: AtomicU64::new(0),
+        applied: Mutex::new(0),
+        created: Mutex::new(BTreeMap::new()),
+    });
     // Only the newest entries and the live ones: each new entry refreshes the map from
     // the directory, which is bounded, unlike the record of every room ever created.
     hub.rooms.join(DIRECTORY, hub.next_member_id(), None, Arc::new(DirectorySink(directory.clone())), None);
@@ -570,6 +576,11 @@ struct Directory {
     map: Mutex<BTreeMap<String, Value>>,
     io: SocketIo,
     broker: Arc<dyn Broker>,
+    /// Numbers the refreshes, so that a slow one never overwrites a newer map.
+    refreshes: AtomicU64,
+    applied: Mutex<u64>,
+    /// The newest created rooms seen here: the map when the directory cannot be read.
+    created: Mutex<BTreeMap<String, String>>,
 }
 
 impl Directory {
@@ -580,27 +591,47 @@ impl Directory {
     /// Enters `created` in the directory at their creation time (after a restart of the
     /// embedded broker the directory is empty), then reads the first page and sends it.
     fn refresh(self: &Arc<Self>, created: Vec<RoomTouch>) {
+        {
+            let mut known = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            for touch in &created {
+                known.insert(touch.room.clone(), touch.name.clone());
+            }
+            // Room ids are ULIDs: the smallest are the oldest.
+            while known.len() > ROOM_MAP_SIZE as usize {
+                known.pop_first();
+            }
+        }
         let directory = self.clone();
+        let refresh = self.refreshes.fetch_add(1, Ordering::Relaxed) + 1;
         tokio::spawn(async move {
             if !created.is_empty() {
                 if let Err(err) = directory.broker.touch(&created).await {
                     tracing::warn!(%err, "cannot enter created rooms in the directory");
                 }
             }
-            let page = match directory.broker.rooms(0, ROOM_MAP_SIZE).await {
-                Ok(page) => page,
-                Err(err) => return tracing::warn!(%err, "cannot read the room directory for the room map"),
+            let rooms: Vec<(String, String)> = match directory.broker.rooms(0, ROOM_MAP_SIZE).await {
+                Ok(page) => page.rooms.into_iter().map(|r| (r.room, r.name)).collect(),
+                Err(err) => {
+                    tracing::warn!(%err, "cannot read the room directory; the room map holds the rooms created lately");
+                    directory.created.lock().unwrap_or_else(|p| p.into_inner()).clone().into_iter().collect()
+                }
             };
-            let map: BTreeMap<String, Value> = page
-                .rooms
+            let map: BTreeMap<String, Value> = rooms
                 .into_iter()
-                .map(|r| {
-                    let name = if r.name.is_empty() { r.room.clone() } else { r.name };
+                .map(|(room, name)| {
+                    let name = if name.is_empty() { room.clone() } else { name };
                     // The original server's entry shape; its client reads `name`.
-                    (r.room.clone(), json!({"roomId": r.room, "name": name, "messages": []}))
+                    (room.clone(), json!({"roomId": room, "name": name, "messages": []}))
                 })
                 .collect();
-            *directory.map.lock().unwrap_or_else(|p| p.into_inner()) = map;
+            {
+                let mut applied = directory.applied.lock().unwrap_or_else(|p| p.into_inner());
+                if *applied > refresh {
+                    return;
+                }
+                *applied = refresh;
+                *directory.map.lock().unwrap_or_else(|p| p.into_inner()) = map;
+            }
             let _ = directory.io.emit("room", &directory.snapshot()).await;
         });
     }
@@ -620,7 +651,9 @@ impl Sink for DirectorySink {
     }
 
     fn deliver(&self, msg: &ChatMessage, _ws_frame: &Utf8Bytes) {
-        if created(msg).is_some() {
+        if let Some(touch) = created(msg) {
+            // Entered in the directory by its creator already; kept here for the fallback.
+            self.0.created.lock().unwrap_or_else(|p| p.into_inner()).insert(touch.room, touch.name);
             self.0.refresh(Vec::new());
         }
     }

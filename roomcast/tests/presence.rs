@@ -1057,3 +1057,41 @@ async fn presence_is_never_stored() {
     let keys = redis_keys(stack.redis.port);
     assert!(!keys.iter().any(|k| k.to_lowercase().contains("typing")), "typing kept in Redis: {keys:?}");
 }
+
+/// A gateway drained with SIGTERM closes its clients with 1012 at random within its drain
+/// window; a member that reconnects through another gateway at once does not flicker out
+/// and back in for the others, and the drained gateway's farewell leaves no ghost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_member_reconnecting_elsewhere_does_not_flicker() {
+    let stack = Stack::start("presence-drain", 2);
+    let room = "presence-drain-room";
+    let mut obs = Client::connect(&stack.ws_url(1), "obs").await;
+    obs.join(room, None).await;
+    let mut ada = Client::connect(&stack.ws_url(0), "ada").await;
+    ada.join(room, None).await;
+    let mut bo = Client::connect(&stack.ws_url(0), "bo").await;
+    bo.join(room, None).await;
+    until_view(&mut obs, room, "ada, bo and obs present", WAIT, |v| v.users() == ["ada", "bo", "obs"]).await;
+
+    let mark = obs.frames.len();
+    let sigterm = std::process::Command::new("kill")
+        .args(["-TERM", &stack.gateways[0].pid().to_string()])
+        .status()
+        .expect("run kill -TERM");
+    assert!(sigterm.success(), "kill -TERM gateway-0 failed");
+    // ada reconnects through gateway 1 as soon as she is closed (a client's reconnect);
+    // bo does not come back.
+    assert_eq!(ada.wait_close().await, Some(1012), "a drain closes with 1012");
+    let mut ada = Client::connect(&stack.ws_url(1), "ada").await;
+    ada.join(room, None).await;
+    assert_eq!(bo.wait_close().await, Some(1012));
+
+    let view = until_view(&mut obs, room, "bo gone, ada still there", WAIT, |v| v.users() == ["ada", "obs"]).await;
+    read_for(&mut obs, QUIET).await;
+    let left = leaves_since(&obs.frames, mark, room);
+    assert!(left.contains("bo"), "bo, who did not come back, left: {left:?}");
+    assert!(!left.contains("ada"), "ada reconnected within the grace, yet flickered out: {:?}", &obs.frames[mark..]);
+    assert_eq!(view.count, 2);
+    let answer = ask_presence(&mut obs, room).await;
+    assert_eq!(View::full(&answer, "presence").users(), ["ada", "obs"], "{answer}");
+}

@@ -405,15 +405,15 @@ impl Drop for SendQueue {
 async fn run_sends(hub: Arc<Hub>, mut jobs: mpsc::Receiver<SendJob>, duration: &'static Histogram) {
     while let Some(job) = jobs.recv().await {
         // A created room enters the directory first, so that whoever learns of it from
-        // its stored entry finds it there.
-        let touched = match &job.touch {
-            Some(touch) => hub.broker.touch(std::slice::from_ref(touch)).await.map_err(broker_failed),
-            None => Ok(()),
-        };
-        let result = match touched {
-            Ok(()) => hub.send(job.received, &job.user, &job.room, &job.text, &job.client_id).await,
-            Err(err) => Err(err),
-        };
+        // its stored entry finds it there. The stored entry is what counts: a broker
+        // without a directory (an older fanout) does not stop the creation.
+        if let Some(touch) = &job.touch {
+            if let Err(err) = hub.broker.touch(std::slice::from_ref(touch)).await {
+                crate::metrics::presence_failed("announce");
+                tracing::warn!(%err, room = %touch.room, "cannot enter a created room in the directory");
+            }
+        }
+        let result = hub.send(job.received, &job.user, &job.room, &job.text, &job.client_id).await;
         duration.record(job.received.elapsed());
         let outcome = if result.is_ok() { "acked" } else { "error" };
         metrics::counter!("roomcast_gateway_messages_sent_total", "result" => outcome).increment(1);
