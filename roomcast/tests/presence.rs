@@ -166,6 +166,16 @@ fn leaves_since(frames: &[Value], from: usize, room: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Reads for [`QUIET`], then checks that `user` did not leave `room` for `client` since
+/// frame `mark`, and that a fresh `presence` lists exactly `everyone`.
+async fn stays(client: &mut Client, mark: usize, room: &str, user: &str, why: &str, everyone: &[&str]) {
+    read_for(client, QUIET).await;
+    let left = leaves_since(&client.frames, mark, room);
+    assert!(!left.contains(user), "{why}, yet {user} left: {:?}", &client.frames[mark..]);
+    let answer = ask_presence(client, room).await;
+    assert_eq!(View::full(&answer, "presence").users(), everyone, "{answer}");
+}
+
 /// Typing frames of `user` in `room` among `frames`.
 fn typing_of(frames: &[Value], room: &str, user: &str) -> usize {
     frames.iter().filter(|f| f["type"] == "typing" && f["room"] == room && f["user"] == user).count()
@@ -317,14 +327,7 @@ async fn presence_is_per_user_across_gateways() {
     // One of ada's connections closes: she is still there through the other.
     let mark = obs.frames.len();
     ada_a.close().await;
-    read_for(&mut obs, QUIET).await;
-    assert!(
-        !leaves_since(&obs.frames, mark, room).contains("ada"),
-        "ada still has a connection on gateway B, yet left: {:?}",
-        &obs.frames[mark..]
-    );
-    let answer = ask_presence(&mut obs, room).await;
-    assert_eq!(View::full(&answer, "presence").users(), everyone, "{answer}");
+    stays(&mut obs, mark, room, "ada", "ada still has a connection on gateway B", &everyone).await;
 
     // A reload: bo closes and comes back at once on the other gateway, within the grace.
     // Nobody sees him leave.
@@ -336,14 +339,7 @@ async fn presence_is_per_user_across_gateways() {
     let took = reload.elapsed();
     println!("bo closed, reconnected to the other gateway and joined again in {took:?} (grace {GRACE:?})");
     assert!(took < GRACE, "the reconnect took {took:?}, longer than the {GRACE:?} grace this check is about");
-    read_for(&mut obs, QUIET).await;
-    assert!(
-        !leaves_since(&obs.frames, mark, room).contains("bo"),
-        "bo reconnected within the grace, yet his presence flickered: {:?}",
-        &obs.frames[mark..]
-    );
-    let answer = ask_presence(&mut obs, room).await;
-    assert_eq!(View::full(&answer, "presence").users(), everyone, "{answer}");
+    stays(&mut obs, mark, room, "bo", "bo reconnected within the grace", &everyone).await;
 
     // ada's last connection closes: a leave diff, after the grace.
     let mark = obs.frames.len();
@@ -1087,11 +1083,7 @@ async fn a_drained_member_reconnecting_elsewhere_does_not_flicker() {
     assert_eq!(bo.wait_close().await, Some(1012));
 
     let view = until_view(&mut obs, room, "bo gone, ada still there", WAIT, |v| v.users() == ["ada", "obs"]).await;
-    read_for(&mut obs, QUIET).await;
-    let left = leaves_since(&obs.frames, mark, room);
-    assert!(left.contains("bo"), "bo, who did not come back, left: {left:?}");
-    assert!(!left.contains("ada"), "ada reconnected within the grace, yet flickered out: {:?}", &obs.frames[mark..]);
     assert_eq!(view.count, 2);
-    let answer = ask_presence(&mut obs, room).await;
-    assert_eq!(View::full(&answer, "presence").users(), ["ada", "obs"], "{answer}");
+    assert!(leaves_since(&obs.frames, mark, room).contains("bo"), "bo, who did not come back, left");
+    stays(&mut obs, mark, room, "ada", "ada reconnected through gateway 1 within the grace", &["ada", "obs"]).await;
 }
