@@ -247,6 +247,37 @@ test('tokens, rooms claims and origins (--auth-required)', async (t) => {
     assert.equal(page.error?.code, 'forbidden_room', 'nothing reached admin');
   });
 
+  await t.test('a rooms claim also limits what the directory and the room map show', async () => {
+    const frank = await connect(server.url, { auth: { token: mint('frank') } }, sockets);
+    assert.equal((await ack(frank, 'join', { room: 'admin' })).room, 'admin');
+    assert.equal((await ack(frank, 'join', { room: 'team-dir' })).room, 'team-dir');
+    // A room created by frank (a ULID id, outside team-*) reaches frank's map, not erin's.
+    const erin = await connect(server.url, { auth: { token: mint('erin', { rooms: 'team-*' }) } }, sockets);
+    const erinMaps = [];
+    erin.on('room', (map) => erinMaps.push(map));
+    const frankMap = next(frank, 'room', (map) => Object.values(map).some((r) => r.name === 'Secret plans'));
+    const created = await ack(frank, 'create_room', { roomName: 'Secret plans' });
+    assert.ok(created.roomId, JSON.stringify(created));
+    assert.ok((await frankMap)[0][created.roomId], "the creator's map has the room");
+    // Joined rooms enter the directory as their room task starts: wait for both.
+    let listed;
+    for (const deadline = Date.now() + WAIT_MS; Date.now() < deadline; await sleep(100)) {
+      listed = await ack(frank, 'rooms', { limit: 100 });
+      if (['admin', 'team-dir', created.roomId].every((room) => listed.rooms?.some((r) => r.room === room))) break;
+    }
+    for (const room of ['admin', 'team-dir', created.roomId]) {
+      assert.ok(listed.rooms.some((r) => r.room === room), `${room} in frank's directory: ${JSON.stringify(listed)}`);
+    }
+    const seen = await ack(erin, 'rooms', { limit: 100 });
+    const rooms = seen.rooms.map((r) => r.room);
+    assert.ok(rooms.includes('team-dir'), `a granted room is listed: ${JSON.stringify(seen)}`);
+    assert.deepEqual(rooms.filter((r) => !r.startsWith('team-')), [], `nothing outside team-*: ${JSON.stringify(seen)}`);
+    assert.ok(erinMaps.length >= 1, 'erin got the room map');
+    for (const map of erinMaps) {
+      assert.deepEqual(Object.keys(map).filter((r) => !r.startsWith('team-')), [], `erin's map: ${JSON.stringify(map)}`);
+    }
+  });
+
   await t.test('a token whose sub is not a usable name is refused, never replaced by a claimed one', async () => {
     for (const claims of [{ sub: 'ann@example.com' }, { name: 'auth0|123' }, {}]) {
       const token = sign({ ...claims, exp: nowSeconds() + 600 });

@@ -52,6 +52,11 @@ impl RoomGrant {
     pub fn allows(&self, room: &str) -> bool {
         self.0.as_ref().is_none_or(|patterns| patterns.iter().any(|p| p.matches(room)))
     }
+
+    /// True when the grant names some rooms, not all of them.
+    pub fn is_restricted(&self) -> bool {
+        self.0.is_some()
+    }
 }
 
 impl Auth {

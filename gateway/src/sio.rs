@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::admission::{Admitted, Offer, PeerAddr};
+use crate::auth::RoomGrant;
 use crate::conn::{Conn, SendRequest, Sent};
 use crate::directory::{Entry, DIRECTORY};
 use crate::error::{ClientError, ConnectError, Malformed};
@@ -38,6 +39,9 @@ use roomcast_proto::RoomTouch;
 const PROTOCOL: &str = "socketio";
 /// Rooms in the original app's `room` map: the directory's first page.
 const ROOM_MAP_SIZE: u32 = 100;
+/// The Socket.IO group of the clients whose token grants every room: the room map is
+/// sent to them in one broadcast.
+const EVERY_ROOM: &str = "~every-room";
 /// How long a join waits for its socket to count as connected.
 const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -63,10 +67,13 @@ pub fn install(io: &SocketIo, hub: Arc<Hub>) {
         Ok(())
     };
     let connected = async move |socket: SocketRef| {
-        if let Some(state) = socket.extensions.get::<Arc<Socket>>() {
-            state.connected.send_replace(true);
+        let Some(state) = socket.extensions.get::<Arc<Socket>>() else { return };
+        state.connected.send_replace(true);
+        let grant = state.conn.grant();
+        if !grant.is_restricted() {
+            socket.join(EVERY_ROOM);
         }
-        let _ = socket.emit("room", &directory.snapshot());
+        let _ = socket.emit("room", &directory.snapshot(grant));
     };
     io.ns("/", connected.with(register));
 }
@@ -584,8 +591,25 @@ struct Directory {
 }
 
 impl Directory {
-    fn snapshot(&self) -> Value {
-        Value::Object(self.map.lock().unwrap_or_else(|p| p.into_inner()).clone().into_iter().collect())
+    /// The map as `grant` may see it.
+    fn snapshot(&self, grant: &RoomGrant) -> Value {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        Value::Object(map.iter().filter(|(room, _)| grant.allows(room)).map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    /// Sends the map to every client: once to those whose token grants every room (the
+    /// [`EVERY_ROOM`] group), and filtered to each of the others.
+    async fn send(&self) {
+        let everything = self.snapshot(&RoomGrant::default());
+        if let Some(everyone) = self.io.of("/") {
+            let _ = everyone.to(EVERY_ROOM).emit("room", &everything).await;
+        }
+        for socket in self.io.sockets() {
+            let Some(state) = socket.extensions.get::<Arc<Socket>>() else { continue };
+            if state.conn.grant().is_restricted() {
+                let _ = socket.emit("room", &self.snapshot(state.conn.grant()));
+            }
+        }
     }
 
     /// Enters `created` in the directory at their creation time (after a restart of the
@@ -632,7 +656,7 @@ impl Directory {
                 *applied = refresh;
                 *directory.map.lock().unwrap_or_else(|p| p.into_inner()) = map;
             }
-            let _ = directory.io.emit("room", &directory.snapshot()).await;
+            directory.send().await;
         });
     }
 }

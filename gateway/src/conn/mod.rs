@@ -162,13 +162,19 @@ impl Conn {
         Ok(())
     }
 
-    /// A page of the room directory, most recently active first, with member counts.
+    /// The rooms this connection's token grants.
+    pub fn grant(&self) -> &RoomGrant {
+        &self.grant
+    }
+
+    /// A page of the room directory, most recently active first, with member counts;
+    /// rooms the token does not grant are left out, so a page may hold fewer than `limit`.
     pub fn rooms(
         &self,
         offset: Option<u32>,
         limit: Option<u32>,
     ) -> impl Future<Output = Result<RoomsPage, ClientError>> + Send + 'static {
-        let broker = self.hub.broker.clone();
+        let (broker, grant) = (self.hub.broker.clone(), self.grant.clone());
         let offset = offset.unwrap_or(0);
         let limit = limit.unwrap_or(ROOMS_PAGE).clamp(1, fanout::MAX_ROOMS_PAGE);
         async move {
@@ -177,6 +183,7 @@ impl Conn {
             let rooms = reply
                 .rooms
                 .into_iter()
+                .filter(|r| grant.allows(&r.room))
                 .map(|r| RoomEntry {
                     name: if r.name.is_empty() { r.room.clone() } else { r.name },
                     room: r.room,

@@ -9,11 +9,11 @@ use crate::presence::{Notice, Snapshot};
 use async_trait::async_trait;
 use fanout::MemoryBroker;
 use persister::{Archive, BatcherConfig, HistoryQuery, Persister, RedbStore, StoreError, Written};
-use roomcast_proto::ChatMessage;
+use roomcast_proto::{ChatMessage, RoomTouch};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{Conn, SendRequest, SEND_QUEUE};
+use super::{Conn, RoomsPage, SendRequest, SEND_QUEUE};
 use crate::admission::{Access, Offer};
 use crate::auth::{mint, Auth};
 use crate::error::ClientError;
@@ -195,6 +195,14 @@ async fn a_token_limits_the_rooms_for_every_operation() {
     assert_eq!(ada.history("admin", None, None).err().map(|e| e.code()), Some("forbidden_room"));
     assert_eq!(code(&ada, request("admin", "hi", None)).await, "forbidden_room");
     assert_eq!(code(&ada, request("team-red", "hi", None)).await, "ok");
+    // The directory shows a restricted token only the rooms it grants.
+    let touch = |room: &str| RoomTouch { room: room.into(), ..RoomTouch::default() };
+    fixture.gateway.hub.broker.touch(&[touch("admin"), touch("team-blue")]).await.expect("touch");
+    let names = |page: RoomsPage| page.rooms.into_iter().map(|r| r.room).collect::<std::collections::BTreeSet<_>>();
+    let visible = names(ada.rooms(None, None).await.expect("rooms"));
+    assert_eq!(visible, ["team-blue", "team-red"].map(String::from).into(), "no room outside the grant");
+    let everyone = fixture.connect(Some("bo"), None);
+    assert!(names(everyone.rooms(None, None).await.expect("rooms")).contains("admin"));
 }
 
 #[tokio::test]
