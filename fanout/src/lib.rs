@@ -17,6 +17,6 @@ mod server;
 pub use broker::{Broker, BrokerError, Link};
 pub use client::FanoutClient;
 pub use memory::MemoryBroker;
-pub use presence::{DirectoryArgs, DirectoryLimits, GATEWAY_TTL, HEARTBEAT_EVERY, MAX_ROOMS_PAGE, SYSTEM_PREFIX};
+pub use presence::{is_listed, DirectoryArgs, DirectoryLimits, GATEWAY_TTL, HEARTBEAT_EVERY, MAX_ROOMS_PAGE};
 pub use redis_broker::RedisBroker;
 pub use server::FanoutService;

@@ -18,7 +18,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 pub const GATEWAY_TTL: Duration = Duration::from_secs(15);
 /// Rooms whose names start with this are the system's own (the `~rooms` record of
 /// created rooms) and are never listed.
-pub const SYSTEM_PREFIX: char = '~';
+const SYSTEM_PREFIX: char = '~';
 /// Rooms dropped from the directory per heartbeat at most, so that trimming a huge
 /// backlog never blocks Redis for long.
 pub const TRIM_BATCH: usize = 1000;
@@ -40,15 +40,22 @@ impl Default for DirectoryLimits {
     }
 }
 
+impl DirectoryLimits {
+    /// The oldest activity, in Unix milliseconds, that keeps a room listed at `now`.
+    pub fn cutoff(&self, now: i64) -> i64 {
+        now.saturating_sub(i64::try_from(self.idle.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
 /// The directory's flags, shared by `fanout` and `roomcast`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DirectoryArgs {
     /// A room with no members and no messages for this many seconds drops out of the room
     /// directory (its history stays stored).
-    #[arg(long, env = "ROOMCAST_DIRECTORY_IDLE_SECONDS", default_value_t = 86_400)]
+    #[arg(long, env = "ROOMCAST_DIRECTORY_IDLE_SECONDS", default_value_t = DirectoryLimits::default().idle.as_secs())]
     pub directory_idle_seconds: u64,
     /// Rooms the directory holds at most; the least recently active drop out first.
-    #[arg(long, env = "ROOMCAST_DIRECTORY_MAX_ROOMS", default_value_t = 100_000)]
+    #[arg(long, env = "ROOMCAST_DIRECTORY_MAX_ROOMS", default_value_t = DirectoryLimits::default().max_rooms)]
     pub directory_max_rooms: usize,
 }
 
@@ -90,6 +97,7 @@ pub fn distinct_users<'a>(entries: impl IntoIterator<Item = &'a PresenceEntry>, 
     users.len() as u64
 }
 
+/// False for the system's own rooms, which the directory never lists.
 pub fn is_listed(room: &str) -> bool {
     !room.starts_with(SYSTEM_PREFIX)
 }
@@ -117,7 +125,7 @@ impl Directory {
     /// Drops the rooms idle for longer than `limits.idle`, then the least recently
     /// active beyond `limits.max_rooms`; returns how many remain.
     pub fn trim(&mut self, limits: DirectoryLimits, now: i64) -> usize {
-        let cutoff = now - i64::try_from(limits.idle.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = limits.cutoff(now);
         self.rooms.retain(|_, (active, _)| *active >= cutoff);
         if self.rooms.len() > limits.max_rooms {
             let mut by_age: Vec<(i64, String)> = self.rooms.iter().map(|(r, (a, _))| (*a, r.clone())).collect();

@@ -11,7 +11,7 @@
 //! last heartbeat; the directory is a sorted set scored by last activity, plus a hash of
 //! names, both in one hash slot.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,34 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[6], ARGV[5])
 return 1";
 
+/// KEYS[1] a room's presence hash, KEYS[2] the live gateways; ARGV[1] the oldest live
+/// heartbeat. Answers the live gateways' fields and values, and deletes the others' in
+/// the same step: a gateway that heartbeats again just after cannot lose what it
+/// announces next.
+const PRESENCE_READ: &str = r"
+local fields = redis.call('HGETALL', KEYS[1])
+local live, alive, dead = {}, {}, {}
+for i = 1, #fields, 2 do
+  local sep = string.find(fields[i], '\31', 1, true)
+  if sep then
+    local gw = string.sub(fields[i], 1, sep - 1)
+    if alive[gw] == nil then
+      local beat = redis.call('ZSCORE', KEYS[2], gw)
+      alive[gw] = beat ~= false and tonumber(beat) >= tonumber(ARGV[1])
+    end
+    if alive[gw] then
+      live[#live + 1] = fields[i]
+      live[#live + 1] = fields[i + 1]
+    else
+      dead[#dead + 1] = fields[i]
+    end
+  end
+end
+for i = 1, #dead, 1000 do
+  redis.call('HDEL', KEYS[1], unpack(dead, i, math.min(i + 999, #dead)))
+end
+return live";
+
 /// Drops directory rooms idle since ARGV[1] and the oldest beyond ARGV[2] rooms, at most
 /// ARGV[3] per call, with their names; answers the directory's size.
 const TRIM_DIRECTORY: &str = r"
@@ -99,6 +127,7 @@ pub struct RedisBroker {
     next_seq: Arc<redis::Script>,
     seed: Arc<redis::Script>,
     presence_change: Arc<redis::Script>,
+    presence_read: Arc<redis::Script>,
     trim_directory: Arc<redis::Script>,
     limits: DirectoryLimits,
 }
@@ -140,6 +169,7 @@ impl RedisBroker {
             next_seq: Arc::new(redis::Script::new(NEXT_SEQ)),
             seed: Arc::new(redis::Script::new(SEED)),
             presence_change: Arc::new(redis::Script::new(PRESENCE_CHANGE)),
+            presence_read: Arc::new(redis::Script::new(PRESENCE_READ)),
             trim_directory: Arc::new(redis::Script::new(TRIM_DIRECTORY)),
             limits,
         })
@@ -159,31 +189,22 @@ impl RedisBroker {
             .map_err(|err| unavailable("presence", err))
     }
 
-    /// The entries of a room's presence hash, all gateways; with the fields of the
-    /// gateways not in `live` (if given) deleted.
-    async fn entries(&self, room: &str, live: &HashSet<String>) -> Result<Vec<PresenceEntry>, BrokerError> {
+    /// The live gateways' entries of a room's presence hash; the dead ones' are deleted.
+    async fn entries(&self, room: &str) -> Result<Vec<PresenceEntry>, BrokerError> {
         let mut conn = self.conn.clone();
-        let key = format!("{PRESENCE_PREFIX}{room}");
-        let fields: HashMap<String, i64> =
-            redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await.map_err(|err| unavailable("presence", err))?;
-        let mut entries = Vec::with_capacity(fields.len());
-        let mut dead = Vec::new();
-        for (field, joined_at) in fields {
-            let Some((gateway, user)) = field.split_once(SEPARATOR) else { continue };
-            if live.contains(gateway) {
-                entries.push(PresenceEntry { user: user.to_owned(), joined_at, gateway: gateway.to_owned() });
-            } else {
-                dead.push(field.clone());
-            }
-        }
-        if !dead.is_empty() {
-            // A dead gateway's entries: whoever reads them first deletes them.
-            let deleted = redis::cmd("HDEL").arg(&key).arg(&dead).query_async::<i64>(&mut conn).await;
-            if let Err(err) = deleted {
-                tracing::debug!(%err, room, "cannot delete a dead gateway's presence entries");
-            }
-        }
-        Ok(entries)
+        let fields: Vec<(String, i64)> = self
+            .presence_read
+            .key(format!("{PRESENCE_PREFIX}{room}"))
+            .key(GATEWAYS)
+            .arg(now_millis() - ttl_millis())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|err| unavailable("presence", err))?;
+        let entries = fields.into_iter().filter_map(|(field, joined_at)| {
+            let (gateway, user) = field.split_once(SEPARATOR)?;
+            Some(PresenceEntry { user: user.to_owned(), joined_at, gateway: gateway.to_owned() })
+        });
+        Ok(entries.collect())
     }
 
     /// True when Redis answers a PING.
@@ -230,16 +251,28 @@ impl Broker for RedisBroker {
         let started = Instant::now();
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
-        pipe.cmd("PUBLISH").arg(format!("{CHANNEL_PREFIX}{}", msg.room)).arg(msg.encode_to_vec()).ignore();
+        // The directory's ZADD rides along, but its failure never fails the send.
+        pipe.ignore_errors().cmd("PUBLISH").arg(format!("{CHANNEL_PREFIX}{}", msg.room)).arg(msg.encode_to_vec());
         // A message is activity: it moves its room up the directory.
         if is_listed(&msg.room) {
-            pipe.cmd("ZADD").arg(DIRECTORY_ACTIVE).arg("GT").arg(now_millis()).arg(&msg.room).ignore();
+            pipe.cmd("ZADD").arg(DIRECTORY_ACTIVE).arg("GT").arg(now_millis()).arg(&msg.room);
         }
-        let result = pipe.query_async::<()>(&mut conn).await;
+        let results = pipe.query_async::<Vec<redis::RedisResult<i64>>>(&mut conn).await;
         metrics::histogram!("roomcast_fanout_publish_duration_seconds").record(started.elapsed());
-        let outcome = if result.is_ok() { "ok" } else { "error" };
+        let (published, touched) = match results {
+            Ok(results) => {
+                let mut results = results.into_iter();
+                (results.next().unwrap_or(Ok(0)), results.next())
+            }
+            Err(err) => (Err(err), None),
+        };
+        let outcome = if published.is_ok() { "ok" } else { "error" };
         metrics::counter!("roomcast_fanout_publishes_total", "result" => outcome).increment(1);
-        result.map(drop).map_err(|err| unavailable("publish", err))
+        if let Some(Err(err)) = touched {
+            metrics::counter!("roomcast_fanout_redis_errors_total", "op" => "touch").increment(1);
+            tracing::debug!(%err, room = msg.room, "cannot move a room up the directory");
+        }
+        published.map(drop).map_err(|err| unavailable("publish", err))
     }
 
     async fn connect(&self) -> Result<Link, BrokerError> {
@@ -306,8 +339,7 @@ impl Broker for RedisBroker {
     }
 
     async fn presence(&self, room: &str) -> Result<Vec<PresenceEntry>, BrokerError> {
-        let live = self.live_gateways().await?;
-        self.entries(room, &live).await
+        self.entries(room).await
     }
 
     async fn heartbeat(&self, gateway: &str, gone: bool) -> Result<HeartbeatReply, BrokerError> {
@@ -329,7 +361,7 @@ impl Broker for RedisBroker {
             .trim_directory
             .key(DIRECTORY_ACTIVE)
             .key(DIRECTORY_NAMES)
-            .arg(now - i64::try_from(self.limits.idle.as_millis()).unwrap_or(i64::MAX))
+            .arg(self.limits.cutoff(now))
             .arg(self.limits.max_rooms)
             .arg(TRIM_BATCH)
             .invoke_async::<u64>(&mut conn)
@@ -368,7 +400,7 @@ impl Broker for RedisBroker {
 
     async fn rooms(&self, offset: u32, limit: u32) -> Result<RoomsReply, BrokerError> {
         let mut conn = self.conn.clone();
-        let cutoff = now_millis() - i64::try_from(self.limits.idle.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = self.limits.cutoff(now_millis());
         let (page, total): (Vec<(String, f64)>, u64) = redis::pipe()
             .cmd("ZREVRANGEBYSCORE")
             .arg(DIRECTORY_ACTIVE)

@@ -53,7 +53,7 @@ pub struct EdgeArgs {
     pub presence_list_max: usize,
     /// Seconds a user who left a room is still shown in its presence, so that a reload or
     /// a reconnect through another gateway does not flicker.
-    #[arg(long, env = "ROOMCAST_PRESENCE_GRACE_SECONDS", default_value_t = 3.0)]
+    #[arg(long, env = "ROOMCAST_PRESENCE_GRACE_SECONDS", default_value_t = Limits::default().presence_grace.as_secs_f64())]
     pub presence_grace_seconds: f64,
     /// HS256 secret (at least 32 bytes) that client JWTs are signed with.
     #[arg(long, env = "ROOMCAST_AUTH_JWT_SECRET", hide_env_values = true, conflicts_with = "auth_jwt_public_key")]

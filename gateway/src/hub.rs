@@ -46,8 +46,6 @@ pub(crate) struct Hub {
     pub send_budget: Arc<Budget>,
     /// Rooms created per user, for `--rooms-created-per-minute`.
     pub room_creations: governor::DefaultKeyedRateLimiter<String>,
-    /// This gateway's id in presence (a ULID made at start).
-    pub gateway_id: Arc<str>,
     next_member: AtomicU64,
 }
 
@@ -95,7 +93,6 @@ impl Hub {
         rooms: Arc<Rooms>,
         limits: Limits,
         access: Access,
-        gateway_id: Arc<str>,
     ) -> Self {
         let ready = telemetry::Readiness::new("roomcast_gateway_ready", &[STARTING]);
         Self {
@@ -105,7 +102,6 @@ impl Hub {
             admission: Arc::new(Admission::new(access, limits.clone(), ready.clone())),
             send_budget: Budget::new(limits.send_queue_budget_bytes),
             room_creations: limits.creation_limiter(),
-            gateway_id,
             limits,
             ready,
             lifecycle: Lifecycle::new(),

@@ -57,6 +57,8 @@ use rooms::Rooms;
 pub struct Gateway {
     hub: Arc<Hub>,
     sio: socketioxide::service::SocketIoService<http::Router>,
+    /// The presence heartbeat, which says farewell when the gateway stops.
+    heartbeat: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Gateway {
@@ -70,13 +72,14 @@ impl Gateway {
             grace: limits.presence_grace,
         };
         let rooms = Arc::new(Rooms::new(archive.clone(), broker.clone(), interests, limits.clone(), presence));
-        let hub = Arc::new(Hub::new(broker.clone(), archive, rooms.clone(), limits, access, gateway_id.clone()));
+        let hub = Arc::new(Hub::new(broker.clone(), archive, rooms.clone(), limits, access));
         let stopped = hub.lifecycle.stopped.clone();
         let housekeeping = {
             let hub = hub.clone();
             move || hub.room_creations.retain_recent()
         };
-        tokio::spawn(signals::heartbeat(broker.clone(), rooms.clone(), gateway_id, housekeeping, stopped.clone()));
+        let heartbeat =
+            tokio::spawn(signals::heartbeat(broker.clone(), rooms.clone(), gateway_id, housekeeping, stopped.clone()));
         tokio::spawn(link::keep_link(broker, rooms, interest_rx, hub.ready.clone(), stopped.clone()));
         tokio::spawn(stopped.clone().run_until_cancelled_owned(probe_store(hub.clone())));
         tokio::spawn(stopped.run_until_cancelled_owned(publish_send_queue(hub.clone())));
@@ -88,7 +91,7 @@ impl Gateway {
             .ws_max_frame_size(hub.limits.max_frame_bytes)
             .build_with_inner_svc(http::Router { hub: hub.clone() });
         sio::install(&io, hub.clone());
-        Self { hub, sio }
+        Self { hub, sio, heartbeat: Arc::new(std::sync::Mutex::new(Some(heartbeat))) }
     }
 
     /// Serves HTTP and WebSockets (over TLS when `tls` is set) on `listener` until
@@ -141,7 +144,11 @@ impl Gateway {
         telemetry::terminated().await;
         self.drain(drain).await;
         self.stop();
-        signals::farewell(self.hub.broker.as_ref(), &self.hub.gateway_id).await;
+        let heartbeat = self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(heartbeat) = heartbeat {
+            // Its last beat, then the farewell: each under its own deadline.
+            let _ = tokio::time::timeout(Duration::from_secs(10), heartbeat).await;
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -88,13 +88,13 @@ impl Limits {
         self.ping_every.mul_f64(2.5)
     }
 
-    /// The refusal for a frame over the rate.
     /// A limiter of room creations per user.
     pub fn creation_limiter(&self) -> governor::DefaultKeyedRateLimiter<String> {
         let rate = NonZeroU32::new(self.rooms_created_per_minute).unwrap_or(NonZeroU32::MIN);
         governor::RateLimiter::keyed(governor::Quota::per_minute(rate))
     }
 
+    /// The refusal for a frame over the rate.
     pub fn rate_limited(&self) -> ClientError {
         ClientError::RateLimited(format!(
             "more than {} frames per second (burst {}): slow down, then resend what was dropped",

@@ -273,13 +273,6 @@ impl Presence {
             }
         }
     }
-
-    /// Forgets this gateway's users (the room closes here); they are announced as left.
-    pub fn clear_local(&mut self) {
-        for _ in self.local.drain() {
-            METRICS.presence_entries.decrement(1.0);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use crate::limits::Limits;
 use crate::metrics::{presence_failed, METRICS};
 use crate::presence::{Notice, Presence, PresenceConfig, Snapshot, TICK};
 use crate::protocol::{notice_frame, wire_size, ServerFrame, WireMessage};
-use crate::signals::Announcer;
+use crate::signals::{nobody_here, Announcer};
 use crate::sink::{MemberId, Sink};
 
 /// How long a missing seq may hold up later ones before the store is asked for it.
@@ -154,8 +154,11 @@ impl Rooms {
         let _ = entry.commands.send(Command::Leave { member });
         entry.members -= 1;
         if entry.members == 0 {
-            // Dropping the sender ends the room task once its queue is done.
+            // Dropping the sender ends the room task once its queue is done; it announces
+            // nothing more. Its users' leave is queued here, under the map's lock, so it
+            // comes before anything the room's next task here announces.
             map.remove(room);
+            self.announcer.send(nobody_here(room.to_owned(), &self.presence.gateway));
             let _ = self.interests.send(Interest { room: room.to_owned(), subscribe: false });
         }
         metrics::gauge!("roomcast_gateway_rooms").set(map.len() as f64);
@@ -167,8 +170,8 @@ impl Rooms {
         }
     }
 
-    /// Re-reads one room (`Some`) or every room from the store: the broker may have
-    /// dropped messages.
+    /// Re-reads one room (`Some`) or every room from the store, and its presence from the
+    /// broker: the broker may have dropped messages and signals.
     pub fn catch_up(&self, room: Option<&str>) {
         let map = self.map();
         for (name, entry) in map.iter() {
@@ -374,9 +377,6 @@ impl RoomTask {
         while let Some(command) = rx.recv().await {
             self.handle(command);
         }
-        // The last member left: this gateway's users leave the room for the others.
-        self.presence.clear_local();
-        self.announce(false);
     }
 
     fn handle(&mut self, command: Command) {
@@ -461,7 +461,7 @@ impl RoomTask {
     /// A room with members is active: it enters the directory as it starts here, not only
     /// at the next heartbeat, which a short visit could miss.
     fn enter_directory(&self) {
-        if self.room.starts_with(fanout::SYSTEM_PREFIX) {
+        if !fanout::is_listed(&self.room) {
             return;
         }
         let (broker, room) = (self.broker.clone(), self.room.clone());
@@ -547,6 +547,10 @@ impl RoomTask {
     }
 
     fn announce(&mut self, full: bool) {
+        // Closed here: its users' leave is already queued (`Rooms::leave`).
+        if self.commands.upgrade().is_none() {
+            return;
+        }
         if let Some(change) = self.presence.announcement(full) {
             self.announcer.send(RoomSignal {
                 room: self.room.clone(),

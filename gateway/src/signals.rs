@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use fanout::{Broker, HEARTBEAT_EVERY, SYSTEM_PREFIX};
+use fanout::{is_listed, Broker, HEARTBEAT_EVERY};
 use roomcast_proto::{room_signal, PresenceChange, RoomSignal, RoomTouch};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -50,15 +50,15 @@ impl Announcer {
         announcer
     }
 
-    /// Queues a signal; typing is dropped (false) behind a long backlog.
-    pub fn send(&self, signal: RoomSignal) -> bool {
+    /// Queues a signal; typing, only a hint, is dropped behind a long backlog.
+    pub fn send(&self, signal: RoomSignal) {
         let typing = matches!(signal.kind, Some(room_signal::Kind::Typing(_)));
         if typing && self.waiting.load(Ordering::Relaxed) >= TYPING_BACKLOG {
-            return false;
+            return;
         }
         self.waiting.fetch_add(1, Ordering::Relaxed);
         // Fails only once the task is gone, at shutdown.
-        self.queue.send(signal).is_ok()
+        let _ = self.queue.send(signal);
     }
 
     /// The rooms whose presence changes failed since the last call.
@@ -67,7 +67,9 @@ impl Announcer {
     }
 }
 
-/// Heartbeats every [`HEARTBEAT_EVERY`] (every second while it fails) until `stopped`.
+/// Heartbeats every [`HEARTBEAT_EVERY`] (every second while it fails) until `stopped`,
+/// then says farewell. A beat in flight is finished first: cut off, it could land after
+/// the farewell and bring this gateway back to life for the TTL.
 pub async fn heartbeat(
     broker: Arc<dyn Broker>,
     rooms: Arc<Rooms>,
@@ -76,17 +78,9 @@ pub async fn heartbeat(
     stopped: CancellationToken,
 ) {
     let mut was_alive = true;
-    loop {
-        let alive = tokio::select! {
-            alive = beat(broker.as_ref(), &rooms, &gateway) => alive,
-            _ = stopped.cancelled() => return,
-        };
+    while !stopped.is_cancelled() {
+        let alive = beat(broker.as_ref(), &rooms, &gateway).await;
         match &alive {
-            Ok(()) if !was_alive => {
-                // Readers may have taken this gateway for dead meanwhile.
-                tracing::info!("presence heartbeat works again; announcing every room's users");
-                rooms.reannounce();
-            }
             Ok(()) => resend_failed(&rooms, &gateway),
             Err(err) if was_alive => {
                 tracing::warn!(%err, "presence heartbeat failed; other gateways drop this one's users if it lasts")
@@ -98,9 +92,10 @@ pub async fn heartbeat(
         let next = if was_alive { HEARTBEAT_EVERY } else { std::time::Duration::from_secs(1) };
         tokio::select! {
             _ = tokio::time::sleep(next) => {}
-            _ = stopped.cancelled() => return,
+            _ = stopped.cancelled() => {}
         }
     }
+    farewell(broker.as_ref(), &gateway).await;
 }
 
 /// The rooms whose announcements failed announce their users whole; a room closed here
@@ -109,16 +104,20 @@ fn resend_failed(rooms: &Rooms, gateway: &str) {
     let announcer = rooms.announcer();
     for room in announcer.take_failed() {
         if !rooms.reannounce_room(&room) {
-            let change = PresenceChange { joins: Vec::new(), leaves: Vec::new(), full: true };
-            let kind = Some(room_signal::Kind::Presence(change));
-            announcer.send(RoomSignal { room, gateway: gateway.to_owned(), kind });
+            announcer.send(nobody_here(room, gateway));
         }
     }
 }
 
+/// The whole presence of `gateway` in `room`: nobody.
+pub fn nobody_here(room: String, gateway: &str) -> RoomSignal {
+    let change = PresenceChange { joins: Vec::new(), leaves: Vec::new(), full: true };
+    RoomSignal { room, gateway: gateway.to_owned(), kind: Some(room_signal::Kind::Presence(change)) }
+}
+
 /// Says this gateway stopped, so that the others drop its users at their next heartbeat
 /// instead of after the TTL.
-pub async fn farewell(broker: &dyn Broker, gateway: &str) {
+async fn farewell(broker: &dyn Broker, gateway: &str) {
     let said = tokio::time::timeout(std::time::Duration::from_secs(2), broker.heartbeat(gateway, true)).await;
     if !matches!(said, Ok(Ok(_))) {
         tracing::info!("cannot tell the broker this gateway stopped; its users expire with its heartbeat");
@@ -133,8 +132,10 @@ async fn beat(broker: &dyn Broker, rooms: &Rooms, gateway: &str) -> Result<(), f
         Ok(reply) => {
             metrics::gauge!("roomcast_gateway_directory_rooms").set(reply.directory_rooms as f64);
             if reply.rejoined {
-                // Until now readers took this gateway for dead, and may have deleted its
-                // entries: its rooms announce their users again.
+                // Until now readers took this gateway for dead (silent for the TTL, or a
+                // Redis that came back empty), and may have deleted its entries: its rooms
+                // announce their users again.
+                tracing::info!("this gateway was taken for dead; announcing every room's users again");
                 rooms.reannounce();
             }
             rooms.keep_gateways(Arc::new(reply.live.into_iter().collect::<HashSet<String>>()));
@@ -148,7 +149,7 @@ async fn beat(broker: &dyn Broker, rooms: &Rooms, gateway: &str) -> Result<(), f
     let listed: Vec<RoomTouch> = rooms
         .names()
         .into_iter()
-        .filter(|room| !room.starts_with(SYSTEM_PREFIX))
+        .filter(|room| is_listed(room))
         .map(|room| RoomTouch { room, keepalive: true, ..Default::default() })
         .collect();
     if let Err(err) = broker.touch(&listed).await {
