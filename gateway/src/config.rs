@@ -1,6 +1,8 @@
 //! The front door's settings, shared by `gateway` and `roomcast`: every limit, the
-//! authentication and the optional TLS, each a flag and an environment variable.
+//! authentication, the optional TLS and WebTransport, each a flag and an environment
+//! variable.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -8,6 +10,7 @@ use anyhow::Context;
 use crate::admission::Access;
 use crate::auth::Auth;
 use crate::limits::Limits;
+use crate::wt::{Certificate, WebTransportConfig};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EdgeArgs {
@@ -74,6 +77,21 @@ pub struct EdgeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "ROOMCAST_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// UDP address of the WebTransport front door (`/wt`, HTTP/3 over QUIC); default the
+    /// --listen address, on UDP; `off` turns it off.
+    #[arg(long, env = "ROOMCAST_WEBTRANSPORT_LISTEN")]
+    pub webtransport_listen: Option<String>,
+    /// PEM certificate chain for WebTransport (default --tls-cert). Without one, `gateway`
+    /// serves no WebTransport, and `roomcast` makes a self-signed one valid 10 days.
+    #[arg(long, env = "ROOMCAST_WEBTRANSPORT_CERT", requires = "webtransport_key")]
+    pub webtransport_cert: Option<PathBuf>,
+    /// PEM private key of --webtransport-cert.
+    #[arg(long, env = "ROOMCAST_WEBTRANSPORT_KEY", requires = "webtransport_cert")]
+    pub webtransport_key: Option<PathBuf>,
+    /// The WebTransport URL pages are told (`GET /wt/cert-hash`), when it is not the
+    /// page's host at the listener's port: behind a UDP load balancer, say.
+    #[arg(long, env = "ROOMCAST_WEBTRANSPORT_URL")]
+    pub webtransport_url: Option<String>,
 }
 
 /// The settings, checked and loaded.
@@ -81,6 +99,15 @@ pub struct Edge {
     pub limits: Limits,
     pub access: Access,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Whether a process without a certificate makes one for WebTransport.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SelfSign {
+    /// `roomcast`, on one machine: browsers accept it by its hash.
+    Allowed,
+    /// `gateway`: WebTransport is off without a certificate.
+    Never,
 }
 
 impl EdgeArgs {
@@ -133,5 +160,33 @@ impl EdgeArgs {
             _ => None,
         };
         Ok(Edge { limits, access, tls })
+    }
+
+    /// The WebTransport front door's settings, or None when it is off. `listen` is the
+    /// TCP front door's address, the default.
+    pub fn webtransport(&self, listen: SocketAddr, self_sign: SelfSign) -> anyhow::Result<Option<WebTransportConfig>> {
+        let listen = match self.webtransport_listen.as_deref().map(str::trim) {
+            Some("off") => return Ok(None),
+            None | Some("") => listen,
+            Some(addr) => addr.parse().with_context(|| {
+                format!("--webtransport-listen {addr:?} is not an address (like 0.0.0.0:8080) nor `off`")
+            })?,
+        };
+        let files = match (&self.webtransport_cert, &self.webtransport_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            _ => self.tls_cert.as_ref().zip(self.tls_key.as_ref()),
+        };
+        let certificate = match (files, self_sign) {
+            (Some((cert, key)), _) => Certificate::Files { cert: cert.clone(), key: key.clone() },
+            (None, SelfSign::Allowed) => Certificate::SelfSigned,
+            (None, SelfSign::Never) => return Ok(None),
+        };
+        if let Some(url) = &self.webtransport_url {
+            anyhow::ensure!(
+                url.starts_with("https://"),
+                "--webtransport-url {url:?} must be an https:// URL (WebTransport runs over TLS)"
+            );
+        }
+        Ok(Some(WebTransportConfig { listen, certificate, url: self.webtransport_url.clone() }))
     }
 }

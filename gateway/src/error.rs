@@ -171,6 +171,7 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    #[cfg(test)]
     pub const ALL: [CloseCode; 5] =
         [CloseCode::Normal, CloseCode::Gone, CloseCode::TooBig, CloseCode::Restart, CloseCode::SlowConsumer];
 

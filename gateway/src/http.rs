@@ -1,4 +1,5 @@
-//! The gateway's HTTP front: the web page, health and readiness, and the `/ws` upgrade.
+//! The gateway's HTTP front: the web page, health and readiness, the `/ws` upgrade, and
+//! where WebTransport is (`/wt/cert-hash`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -134,6 +135,15 @@ fn route(hub: Arc<Hub>, req: Request<Incoming>) -> Reply {
             Some(why) => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n")),
         },
         (&Method::GET, "/ws") => upgrade(hub, req),
+        (&Method::GET, "/wt/cert-hash") => match hub.webtransport.get().map(serde_json::to_string) {
+            Some(Ok(offered)) => {
+                let mut reply = respond(StatusCode::OK, "application/json", offered);
+                // A restart may bring a new self-signed certificate.
+                reply.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                reply
+            }
+            _ => respond(StatusCode::NOT_FOUND, "text/plain", "this server offers no WebTransport: use /ws\n"),
+        },
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }

@@ -46,6 +46,8 @@ pub(crate) struct Hub {
     pub send_budget: Arc<Budget>,
     /// Rooms created per user, for `--rooms-created-per-minute`.
     pub room_creations: governor::DefaultKeyedRateLimiter<String>,
+    /// Where pages find this gateway's WebTransport, once it serves it.
+    pub webtransport: std::sync::OnceLock<crate::wt::Offered>,
     next_member: AtomicU64,
 }
 
@@ -102,6 +104,7 @@ impl Hub {
             admission: Arc::new(Admission::new(access, limits.clone(), ready.clone())),
             send_budget: Budget::new(limits.send_queue_budget_bytes),
             room_creations: limits.creation_limiter(),
+            webtransport: std::sync::OnceLock::new(),
             limits,
             ready,
             lifecycle: Lifecycle::new(),

@@ -3,8 +3,9 @@
 //! its open connections; the broker and the store behind it are traits, so the same
 //! code runs against remote tiers (`gateway`) or embedded ones (`roomcast`).
 //!
-//! A connection is one [`conn::Conn`], the core every front door shares; `/ws`
-//! ([`ws`]) and Socket.IO ([`sio`]) are codecs over it (ARCHITECTURE.md).
+//! A connection is one [`conn::Conn`], the core every front door shares; Socket.IO
+//! ([`sio`]) and the JSON protocol ([`json`]) are codecs over it, the latter carried by
+//! WebSockets ([`ws`]) or WebTransport ([`wt`]) (ARCHITECTURE.md).
 
 mod admission;
 mod auth;
@@ -16,6 +17,7 @@ mod error;
 mod fuzz;
 mod http;
 mod hub;
+mod json;
 mod limits;
 mod link;
 mod metrics;
@@ -30,6 +32,7 @@ mod tls;
 mod upstream;
 mod watch;
 mod ws;
+mod wt;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,10 +46,11 @@ use tokio::sync::mpsc;
 
 pub use admission::Access;
 pub use auth::mint as mint_token;
-pub use config::{Edge, EdgeArgs};
+pub use config::{Edge, EdgeArgs, SelfSign};
 pub use limits::Limits;
 pub use metrics::describe as describe_metrics;
 pub use upstream::Metered;
+pub use wt::WebTransport;
 
 use hub::{Hub, DRAINING};
 use presence::PresenceConfig;
@@ -122,12 +126,21 @@ impl Gateway {
         tracing::info!(left = self.connections(), "drained");
     }
 
+    /// Serves WebTransport sessions on `wt` until [`Gateway::drain`] or [`Gateway::stop`],
+    /// and tells pages where (`GET /wt/cert-hash`).
+    pub async fn serve_webtransport(&self, wt: WebTransport) {
+        let _ = self.hub.webtransport.set(wt.offered.clone());
+        wt::serve(self.hub.clone(), wt).await;
+    }
+
     /// Runs a gateway process's life: the admin endpoint (metrics, health, readiness),
-    /// the front door on `listen`, and on SIGTERM the drain, then stop.
+    /// the front doors (TCP on `listen`, WebTransport when `wt` is set), and on SIGTERM
+    /// the drain, then stop.
     pub async fn run(
         self,
         listen: SocketAddr,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        wt: Option<WebTransport>,
         admin: SocketAddr,
         metrics: PrometheusHandle,
         drain: Duration,
@@ -140,6 +153,11 @@ impl Gateway {
         tracing::info!(url = %format!("{scheme}://{listen}"), "serving");
         let server = self.clone();
         tokio::spawn(async move { server.serve(listener, tls).await });
+        if let Some(wt) = wt {
+            tracing::info!(udp_port = wt.offered.port, hash = ?wt.offered.sha256, "serving WebTransport on /wt");
+            let server = self.clone();
+            tokio::spawn(async move { server.serve_webtransport(wt).await });
+        }
 
         telemetry::terminated().await;
         self.drain(drain).await;

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use fanout::FanoutClient;
-use gateway::{EdgeArgs, Gateway, Metered};
+use gateway::{EdgeArgs, Gateway, Metered, SelfSign, WebTransport};
 use persister::PersisterClient;
 
 #[derive(Parser)]
-#[command(version, about = "roomcast gateway: WebSocket clients in, gRPC to fanout and persister")]
+#[command(version, about = "roomcast gateway: WebSocket and WebTransport clients in, gRPC to fanout and persister")]
 struct Args {
-    /// Address for HTTP, the web page and WebSockets.
+    /// Address for HTTP, the web page and WebSockets (TCP); WebTransport uses it on UDP
+    /// when a certificate is given (--webtransport-cert or --tls-cert).
     #[arg(long, env = "ROOMCAST_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
     /// Address of /metrics, /healthz and /readyz.
@@ -39,9 +40,14 @@ async fn main() -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics("gateway")?;
     gateway::describe_metrics();
     let edge = args.edge.load()?;
+    let wt = match args.edge.webtransport(args.listen, SelfSign::Never)? {
+        Some(config) => Some(WebTransport::bind(config, &edge.limits).await?),
+        None => None,
+    };
     let broker = Arc::new(Metered::new("fanout", FanoutClient::new(&args.fanout)?));
     let archive = Arc::new(Metered::new("persister", PersisterClient::new(&args.persister)?));
     tracing::info!(fanout = %args.fanout, persister = %args.persister, metrics = %args.metrics_listen, "gateway starting");
     let gateway = Gateway::start(broker, archive, edge.limits, edge.access);
-    gateway.run(args.listen, edge.tls, args.metrics_listen, metrics, Duration::from_secs(args.drain_seconds)).await
+    let drain = Duration::from_secs(args.drain_seconds);
+    gateway.run(args.listen, edge.tls, wt, args.metrics_listen, metrics, drain).await
 }

@@ -9,15 +9,33 @@ use metrics::{
 
 use crate::error::{ClientError, ConnectError};
 
+/// Every front door's `protocol` label.
+pub const PROTOCOLS: [&str; 3] = ["ws", "socketio", "webtransport"];
+
+/// The series of one front door (`protocol` label).
+pub struct ProtocolMetrics {
+    pub frames_sent: Counter,
+    pub frames_received: Counter,
+    /// From a send's arrival to its answer.
+    pub send_duration: Histogram,
+}
+
+impl ProtocolMetrics {
+    fn new(protocol: &'static str) -> Self {
+        ProtocolMetrics {
+            frames_sent: counter!("roomcast_gateway_frames_sent_total", "protocol" => protocol),
+            frames_received: counter!("roomcast_gateway_frames_received_total", "protocol" => protocol),
+            send_duration: histogram!("roomcast_gateway_send_duration_seconds", "protocol" => protocol),
+        }
+    }
+}
+
 pub struct GatewayMetrics {
     pub send_queue_bytes: Gauge,
     pub slow_consumer_disconnects: Counter,
-    pub frames_sent_ws: Counter,
-    pub frames_sent_socketio: Counter,
-    pub frames_received_ws: Counter,
-    pub frames_received_socketio: Counter,
-    pub send_duration_ws: Histogram,
-    pub send_duration_socketio: Histogram,
+    ws: ProtocolMetrics,
+    socketio: ProtocolMetrics,
+    webtransport: ProtocolMetrics,
     pub deliveries: Counter,
     pub delivery_latency: Histogram,
     pub joins_from_memory: Counter,
@@ -30,19 +48,12 @@ pub struct GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    /// Frames or events received on front door `protocol`.
-    pub fn frames_received(&'static self, protocol: &str) -> &'static Counter {
+    /// The series of front door `protocol` (`ws`, `socketio` or `webtransport`).
+    pub fn protocol(&'static self, protocol: &str) -> &'static ProtocolMetrics {
         match protocol {
-            "ws" => &self.frames_received_ws,
-            _ => &self.frames_received_socketio,
-        }
-    }
-
-    /// From a send's arrival to its answer, on front door `protocol`.
-    pub fn send_duration(&'static self, protocol: &str) -> &'static Histogram {
-        match protocol {
-            "ws" => &self.send_duration_ws,
-            _ => &self.send_duration_socketio,
+            "ws" => &self.ws,
+            "webtransport" => &self.webtransport,
+            _ => &self.socketio,
         }
     }
 }
@@ -51,12 +62,9 @@ impl GatewayMetrics {
 pub static METRICS: LazyLock<GatewayMetrics> = LazyLock::new(|| GatewayMetrics {
     send_queue_bytes: gauge!("roomcast_gateway_send_queue_bytes"),
     slow_consumer_disconnects: counter!("roomcast_gateway_slow_consumer_disconnects_total"),
-    frames_sent_ws: counter!("roomcast_gateway_frames_sent_total", "protocol" => "ws"),
-    frames_sent_socketio: counter!("roomcast_gateway_frames_sent_total", "protocol" => "socketio"),
-    frames_received_ws: counter!("roomcast_gateway_frames_received_total", "protocol" => "ws"),
-    frames_received_socketio: counter!("roomcast_gateway_frames_received_total", "protocol" => "socketio"),
-    send_duration_ws: histogram!("roomcast_gateway_send_duration_seconds", "protocol" => "ws"),
-    send_duration_socketio: histogram!("roomcast_gateway_send_duration_seconds", "protocol" => "socketio"),
+    ws: ProtocolMetrics::new("ws"),
+    socketio: ProtocolMetrics::new("socketio"),
+    webtransport: ProtocolMetrics::new("webtransport"),
     deliveries: counter!("roomcast_gateway_deliveries_total"),
     delivery_latency: histogram!("roomcast_gateway_delivery_latency_seconds"),
     joins_from_memory: counter!("roomcast_gateway_joins_total", "source" => "memory"),
@@ -146,7 +154,22 @@ pub fn describe() {
         "roomcast_gateway_presence_refresh_failures_total",
         "Presence writes and reads to the broker that failed, by op (heartbeat, announce, read)."
     );
+    describe_histogram!(
+        "roomcast_gateway_webtransport_rtt_seconds",
+        Unit::Seconds,
+        "QUIC's smoothed round-trip time of WebTransport sessions, sampled every ping interval and at the end."
+    );
+    describe_counter!(
+        "roomcast_gateway_webtransport_lost_packets_total",
+        "Packets QUIC declared lost on WebTransport sessions (sent by the gateway)."
+    );
+    describe_counter!(
+        "roomcast_gateway_webtransport_handshake_failures_total",
+        "WebTransport sessions that failed before admission (QUIC or HTTP/3 handshake, no stream, wrong path)."
+    );
     LazyLock::force(&METRICS);
+    counter!("roomcast_gateway_webtransport_lost_packets_total").absolute(0);
+    counter!("roomcast_gateway_webtransport_handshake_failures_total").absolute(0);
     for op in ["heartbeat", "announce", "read"] {
         counter!("roomcast_gateway_presence_refresh_failures_total", "op" => op).absolute(0);
     }
@@ -172,7 +195,7 @@ pub fn describe() {
     for reason in ConnectError::CODES {
         counter!("roomcast_gateway_refused_connections_total", "reason" => *reason).absolute(0);
     }
-    for protocol in ["ws", "socketio"] {
+    for protocol in PROTOCOLS {
         for reason in ["client_close", "error", "slow_consumer", "drain", "protocol_error", "silent"] {
             counter!("roomcast_gateway_disconnects_total", "protocol" => protocol, "reason" => reason).absolute(0);
         }

@@ -1,5 +1,5 @@
-//! A `/ws` connection's outgoing side: a queue bounded in bytes, and the one task that
-//! writes it to the socket. A client that stops reading fills its queue and is closed
+//! A JSON-protocol connection's outgoing side (`/ws` or `/wt`): a queue bounded in bytes,
+//! and the one task that writes it to the transport, a [`Wire`]. A client that stops reading fills its queue and is closed
 //! with [`CloseCode::SlowConsumer`], so it never holds up the room. All queues together
 //! are bounded too, by the process's [`Budget`]: past it, the clients that are behind
 //! are closed first.
@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::SinkExt;
+use std::future::Future;
+
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::{ClientError, CloseCode};
 use crate::metrics::METRICS;
@@ -28,7 +27,7 @@ const WRITE_BATCH: usize = 64;
 /// behind, and closed.
 const BEHIND: usize = 8;
 
-/// The bytes queued towards every `/ws` client of the process, and their bound. It is
+/// The bytes queued towards every JSON-protocol client of the process, and their bound. It is
 /// enforced on the clients that are behind: a client that keeps up has little queued and
 /// is never cut for it, so the bound is soft by at most what those hold.
 pub struct Budget {
@@ -63,7 +62,7 @@ pub struct Outbox {
     queued: Arc<AtomicUsize>,
     limit: usize,
     budget: Arc<Budget>,
-    closer: Arc<watch::Sender<Option<CloseFrame>>>,
+    closer: Arc<watch::Sender<Option<CloseCode>>>,
 }
 
 /// The writing half, owned by the writer task.
@@ -72,7 +71,22 @@ pub struct Writer {
     ping_every: Duration,
     queued: Arc<AtomicUsize>,
     budget: Arc<Budget>,
-    close: watch::Receiver<Option<CloseFrame>>,
+    close: watch::Receiver<Option<CloseCode>>,
+}
+
+/// The transport under a JSON-protocol connection, as its writer sees it.
+pub trait Wire: Send + 'static {
+    /// The `protocol` label of the connection's metrics.
+    const PROTOCOL: &'static str;
+    /// Queues one frame; false once the transport failed.
+    fn feed(&mut self, frame: Utf8Bytes) -> impl Future<Output = bool> + Send;
+    /// Writes out what was fed; false once the transport failed.
+    fn flush(&mut self) -> impl Future<Output = bool> + Send;
+    /// Called every `ping_every`, busy or not: a WebSocket ping, so that a live client
+    /// always has something to answer.
+    fn ping(&mut self) -> impl Future<Output = bool> + Send;
+    /// Ends the transport, with `code` when the server asked for the close.
+    fn close(&mut self, code: Option<CloseCode>) -> impl Future<Output = ()> + Send;
 }
 
 pub fn outbox(limit: usize, budget: Arc<Budget>, ping_every: Duration) -> (Outbox, Writer) {
@@ -113,18 +127,17 @@ impl Outbox {
             if close.is_some() {
                 return false;
             }
-            *close = Some(CloseFrame { code: WsCloseCode::from(code.code()), reason: code.reason().into() });
+            *close = Some(code);
             true
         })
     }
 
     /// The close code asked for, if any.
     pub fn closing(&self) -> Option<CloseCode> {
-        let code = self.closer.borrow().as_ref().map(|frame| u16::from(frame.code))?;
-        CloseCode::ALL.into_iter().find(|c| c.code() == code)
+        *self.closer.borrow()
     }
 
-    pub fn closed(&self) -> watch::Receiver<Option<CloseFrame>> {
+    pub fn closed(&self) -> watch::Receiver<Option<CloseCode>> {
         self.closer.subscribe()
     }
 }
@@ -149,14 +162,11 @@ impl Sink for Outbox {
 }
 
 impl Writer {
-    /// Writes queued frames until the queue ends, the socket fails, or a close is asked
-    /// for; a close is sent even past a stalled queue, with a 1 s limit. Pings every
-    /// `ping_every`, busy or not, so that a live client always has something to answer.
-    pub async fn run<S>(self, mut sink: S)
-    where
-        S: futures::Sink<Message> + Unpin,
-    {
+    /// Writes queued frames until the queue ends, the transport fails, or a close is asked
+    /// for; a close is made even past a stalled queue, with a 1 s limit.
+    pub async fn run<W: Wire>(self, mut wire: W) {
         let Writer { mut frames, ping_every, queued, budget, mut close } = self;
+        let sent = &METRICS.protocol(W::PROTOCOL).frames_sent;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -167,7 +177,7 @@ impl Writer {
                     let pinged = tokio::select! {
                         biased;
                         _ = wait_until(&mut close, Option::is_some) => false,
-                        sent = sink.send(Message::Ping(Default::default())) => sent.is_ok(),
+                        pinged = wire.ping() => pinged,
                     };
                     if !pinged {
                         break;
@@ -179,53 +189,45 @@ impl Writer {
                     None => break,
                 },
             };
-            let sent = tokio::select! {
+            let batch = tokio::select! {
                 biased;
                 _ = wait_until(&mut close, Option::is_some) => break,
-                sent = write_batch(&mut sink, &mut frames, &queued, &budget, first) => sent,
+                batch = write_batch(&mut wire, &mut frames, first) => batch,
             };
-            if !sent {
+            queued.fetch_sub(batch.bytes, Ordering::Relaxed);
+            budget.give(batch.bytes);
+            sent.increment(batch.frames);
+            if !batch.written {
                 break;
             }
         }
-        let frame = close.borrow().clone();
-        if let Some(frame) = frame {
-            let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+        let code = *close.borrow();
+        let _ = tokio::time::timeout(Duration::from_secs(1), wire.close(code)).await;
         budget.give(queued.swap(0, Ordering::Relaxed));
     }
 }
 
+struct Batch {
+    frames: u64,
+    bytes: usize,
+    written: bool,
+}
+
 /// Writes `first` and whatever else is queued (up to [`WRITE_BATCH`]), then flushes once.
-async fn write_batch<S>(
-    sink: &mut S,
+async fn write_batch<W: Wire>(
+    wire: &mut W,
     frames: &mut mpsc::UnboundedReceiver<Utf8Bytes>,
-    queued: &AtomicUsize,
-    budget: &Budget,
     first: Utf8Bytes,
-) -> bool
-where
-    S: futures::Sink<Message> + Unpin,
-{
-    let mut bytes = first.len();
-    let mut count = 1;
-    if sink.feed(Message::Text(first)).await.is_err() {
-        return false;
-    }
-    while count < WRITE_BATCH {
+) -> Batch {
+    let mut batch = Batch { frames: 1, bytes: first.len(), written: wire.feed(first).await };
+    while batch.written && batch.frames < WRITE_BATCH as u64 {
         let Ok(next) = frames.try_recv() else { break };
-        bytes += next.len();
-        count += 1;
-        if sink.feed(Message::Text(next)).await.is_err() {
-            return false;
-        }
+        batch.bytes += next.len();
+        batch.frames += 1;
+        batch.written = wire.feed(next).await;
     }
-    let flushed = sink.flush().await.is_ok();
-    queued.fetch_sub(bytes, Ordering::Relaxed);
-    budget.give(bytes);
-    METRICS.frames_sent_ws.increment(count as u64);
-    flushed
+    batch.written = batch.written && wire.flush().await;
+    batch
 }
 
 #[cfg(test)]

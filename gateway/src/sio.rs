@@ -516,7 +516,7 @@ struct SocketSink {
 
 impl SocketSink {
     fn emit<T: serde::Serialize + ?Sized>(&self, event: &str, data: &T) {
-        METRICS.frames_sent_socketio.increment(1);
+        METRICS.protocol(PROTOCOL).frames_sent.increment(1);
         if self.socket.emit(event, data).is_err() && self.socket.connected() {
             // Its buffer is full: a slow consumer, closed so it cannot hold up the room.
             METRICS.slow_consumer_disconnects.increment(1);

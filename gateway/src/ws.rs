@@ -1,185 +1,66 @@
-//! The `/ws` front door, a codec: JSON text frames in, operations on the connection
-//! core ([`Conn`]), their answers out as frames (docs/PROTOCOL.md). The socket's own
-//! life is here too: pings and silence, the drain, oversized frames, the close.
+//! The `/ws` front door: WebSocket messages carrying the JSON protocol ([`crate::json`]),
+//! one frame per text message. Liveness is WebSocket's own: pings, and a client silent
+//! for too long (pongs included) is closed with 1001.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::admission::Admitted;
-use crate::conn::{Conn, SendRequest, Sent};
-use crate::error::{ClientError, CloseCode, Malformed};
+use crate::error::CloseCode;
 use crate::hub::Hub;
-use crate::outbox::{outbox, Outbox};
-use crate::protocol::{decode, visible, ClientFrame, ServerFrame};
-use crate::watch::wait_until;
-
-const PROTOCOL: &str = "ws";
+use crate::json::{self, Inbound};
+use crate::outbox::Wire;
 
 /// Serves one upgraded connection until it closes.
 pub async fn serve<S>(hub: Arc<Hub>, ws: WebSocketStream<S>, admitted: Admitted)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (outbox, writer) = outbox(hub.limits.send_queue_bytes, hub.send_budget.clone(), hub.limits.ping_every);
-    let (sink, mut stream) = ws.split();
-    let writer = tokio::spawn(writer.run(sink));
-    let drain = hub.lifecycle.drain_moment().fuse();
-    tokio::pin!(drain);
-    let conn = Conn::open(hub.clone(), PROTOCOL, admitted);
-
-    let mut closed = outbox.closed();
-    // Reset at every frame from the client, rather than a new timer per frame.
-    let silence = hub.limits.silence_limit();
-    let silent = tokio::time::sleep(silence);
-    tokio::pin!(silent);
-    let reason = loop {
-        tokio::select! {
-            _ = &mut silent => {
-                outbox.close(CloseCode::Gone);
-                break CloseCode::Gone.disconnect_reason();
-            }
-            _ = wait_until(&mut closed, Option::is_some) => {
-                break outbox.closing().map_or("protocol_error", CloseCode::disconnect_reason);
-            }
-            _ = &mut drain => {
-                outbox.close(CloseCode::Restart);
-            }
-            frame = stream.next() => {
-                silent.as_mut().reset(tokio::time::Instant::now() + silence);
-                match frame {
-                    None | Some(Ok(Message::Close(_))) => break "client_close",
-                    Some(Ok(Message::Text(text))) => on_text(&conn, &outbox, &text),
-                    Some(Ok(Message::Binary(_))) => {
-                        let err = match conn.received() {
-                            Err(err) => err,
-                            Ok(()) => conn.refused(ClientError::bad_request(
-                                Malformed::Binary,
-                                "binary frames are not part of the protocol; send JSON text",
-                            )),
-                        };
-                        reply_error(&outbox, err, None, None);
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(tungstenite::Error::Capacity(err))) => {
-                        conn.refused(ClientError::TooLarge(err.to_string()));
-                        tracing::info!(%err, "closing a connection that sent an oversized frame");
-                        outbox.close(CloseCode::TooBig);
-                        break CloseCode::TooBig.disconnect_reason();
-                    }
-                    Some(Err(err)) => {
-                        tracing::debug!(%err, "connection read failed");
-                        break "error";
-                    }
-                }
-            }
-        }
-    };
-    conn.close(reason);
-    drop(conn);
-    outbox.close(CloseCode::Normal);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    let (sink, stream) = ws.split();
+    let incoming = stream.map(|message| match message {
+        Ok(Message::Text(text)) => Inbound::Text(text),
+        Ok(Message::Binary(_)) => Inbound::Binary,
+        Ok(Message::Close(_)) => Inbound::Closed,
+        Ok(_) => Inbound::Alive,
+        Err(tungstenite::Error::Capacity(err)) => Inbound::TooLarge(err.to_string()),
+        Err(err) => Inbound::Failed(err.to_string()),
+    });
+    let silence = Some(hub.limits.silence_limit());
+    json::serve(hub, admitted, incoming, WsWire(sink), silence).await;
 }
 
-/// One text frame: decoded, counted and rate-checked, then applied.
-fn on_text(conn: &Arc<Conn>, outbox: &Outbox, text: &str) {
-    let decoded = decode(text, conn.hub().limits.max_frame_bytes);
-    let client_id = match &decoded {
-        Ok(frame) => frame.client_id().map(str::to_owned),
-        Err(undecoded) => undecoded.client_id.clone(),
-    };
-    if let Err(err) = conn.received() {
-        return reply_error(outbox, err, client_id.as_deref(), None);
+struct WsWire<S>(SplitSink<WebSocketStream<S>, Message>);
+
+impl<S> Wire for WsWire<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    const PROTOCOL: &'static str = "ws";
+
+    async fn feed(&mut self, frame: Utf8Bytes) -> bool {
+        self.0.feed(Message::Text(frame)).await.is_ok()
     }
-    let frame = match decoded {
-        Ok(frame) => frame,
-        Err(undecoded) => return reply_error(outbox, conn.refused(undecoded.error), client_id.as_deref(), None),
-    };
-    match frame {
-        ClientFrame::Join { room, since } => {
-            if let Err(err) = conn.join(&room, since, Arc::new(outbox.clone())) {
-                reply_error(outbox, err, None, Some(&room));
-            }
-        }
-        ClientFrame::Leave { room } => match conn.leave(&room) {
-            Ok(()) => {
-                outbox.push_json(ServerFrame::Left { room: &room }.to_json());
-            }
-            Err(err) => reply_error(outbox, err, None, Some(&room)),
-        },
-        ClientFrame::Send { room, text, client_id } => {
-            let outbox = outbox.clone();
-            let request = SendRequest { room, text, client_id, username: None };
-            conn.send(request, Box::new(move |sent| answer_send(&outbox, sent)));
-        }
-        ClientFrame::History { room, before, limit } => match conn.history(&room, before, limit) {
-            Ok(page) => {
-                let outbox = outbox.clone();
-                tokio::spawn(async move {
-                    let reply = match page.await {
-                        Ok(page) => ServerFrame::History { room: &room, messages: visible(&page) }.to_json(),
-                        Err(err) => error_frame(&err, None, Some(&room)),
-                    };
-                    outbox.push_json(reply);
-                });
-            }
-            Err(err) => reply_error(outbox, err, None, Some(&room)),
-        },
-        ClientFrame::Presence { room } => match conn.presence(&room) {
-            Ok(presence) => {
-                let outbox = outbox.clone();
-                tokio::spawn(async move {
-                    let reply = match presence.await {
-                        Ok(presence) => ServerFrame::Presence { room: &room, presence: &presence }.to_json(),
-                        Err(err) => error_frame(&err, None, Some(&room)),
-                    };
-                    outbox.push_json(reply);
-                });
-            }
-            Err(err) => reply_error(outbox, err, None, Some(&room)),
-        },
-        ClientFrame::Typing { room } => {
-            if let Err(err) = conn.typing(&room) {
-                reply_error(outbox, err, None, Some(&room));
-            }
-        }
-        ClientFrame::Rooms { offset, limit } => {
-            let (outbox, page) = (outbox.clone(), conn.rooms(offset, limit));
-            tokio::spawn(async move {
-                let reply = match page.await {
-                    Ok(page) => ServerFrame::Rooms { rooms: page.rooms, total: page.total, next: page.next }.to_json(),
-                    Err(err) => error_frame(&err, None, None),
-                };
-                outbox.push_json(reply);
-            });
-        }
+
+    async fn flush(&mut self) -> bool {
+        self.0.flush().await.is_ok()
     }
-}
 
-fn answer_send(outbox: &Outbox, sent: Sent) {
-    let reply = match &sent.result {
-        Ok(stored) => ServerFrame::Ack {
-            client_id: &sent.client_id,
-            room: &sent.room,
-            seq: stored.seq,
-            id: &stored.id,
-            ts: stored.ts,
+    async fn ping(&mut self) -> bool {
+        self.0.send(Message::Ping(Default::default())).await.is_ok()
+    }
+
+    async fn close(&mut self, code: Option<CloseCode>) {
+        if let Some(code) = code {
+            let frame = CloseFrame { code: WsCloseCode::from(code.code()), reason: code.reason().into() };
+            let _ = self.0.send(Message::Close(Some(frame))).await;
         }
-        .to_json(),
-        Err(err) => error_frame(err, Some(&sent.client_id), Some(&sent.room)),
-    };
-    outbox.push_json(reply);
-}
-
-fn reply_error(outbox: &Outbox, err: ClientError, client_id: Option<&str>, room: Option<&str>) {
-    outbox.push_json(error_frame(&err, client_id, room));
-}
-
-fn error_frame(err: &ClientError, client_id: Option<&str>, room: Option<&str>) -> String {
-    let message = err.to_string();
-    ServerFrame::Error { code: err.code(), message: &message, client_id, room }.to_json()
+        let _ = self.0.close().await;
+    }
 }

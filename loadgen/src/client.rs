@@ -1,6 +1,7 @@
-//! One load client: a `/ws` connection, or a Socket.IO one speaking the original app's
-//! events. Socket.IO is spoken directly over Engine.IO's WebSocket transport (packet
-//! types `0`, `2`/`3`, `40`, `42`), which is all a chat client needs.
+//! One load client: a `/ws` connection, a WebTransport session on `/wt` (the same JSON
+//! protocol, one frame per line), or a Socket.IO one speaking the original app's events.
+//! Socket.IO is spoken directly over Engine.IO's WebSocket transport (packet types `0`,
+//! `2`/`3`, `40`, `42`), which is all a chat client needs.
 
 use std::borrow::Cow;
 
@@ -9,11 +10,14 @@ use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::codec::{AnyDelimiterCodec, FramedRead};
 
 /// Bytes read from a connection at a time: a few fan-out frames.
 const READ_BUFFER: usize = 8 * 1024;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+/// The longest line a WebTransport client reads (the server's hard frame limit).
+const MAX_LINE: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum, serde::Serialize)]
 pub enum Mode {
@@ -21,6 +25,8 @@ pub enum Mode {
     Ws,
     /// Socket.IO v5 with the original app's events; the sender is not sent its own message.
     Socketio,
+    /// roomcast's JSON protocol over WebTransport (`/wt`, QUIC), one frame per line.
+    Webtransport,
 }
 
 /// What a client cares about in a frame from the server.
@@ -65,13 +71,54 @@ fn load_message(text: &str) -> Incoming {
 }
 
 pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    link: Link,
     mode: Mode,
     user: String,
 }
 
+enum Link {
+    Ws(WebSocketStream<MaybeTlsStream<TcpStream>>),
+    Wt(Session),
+}
+
+/// A WebTransport session, with its own endpoint (UDP socket) as a browser has, and its
+/// one stream.
+struct Session {
+    connection: wtransport::Connection,
+    send: wtransport::SendStream,
+    lines: FramedRead<wtransport::RecvStream, AnyDelimiterCodec>,
+    _endpoint: wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>,
+}
+
+impl Session {
+    async fn open(base: &url::Url, user: &str) -> anyhow::Result<Session> {
+        let offered = crate::offer::webtransport(base).await?;
+        let builder = wtransport::ClientConfig::builder().with_bind_default();
+        let config = match offered.sha256 {
+            Some(hash) => builder.with_server_certificate_hashes([hash]).build(),
+            None => builder.with_native_certs().build(),
+        };
+        let endpoint = wtransport::Endpoint::client(config).context("opening a UDP socket for WebTransport")?;
+        let url = format!("{}?user={user}", offered.url);
+        let connection = endpoint.connect(&url).await.with_context(|| format!("connecting to {url}"))?;
+        let (send, recv) = match connection.open_bi().await.context("opening the stream")?.await {
+            Ok(stream) => stream,
+            Err(err) => {
+                let closed = tokio::time::timeout(std::time::Duration::from_secs(1), connection.closed()).await;
+                bail!("the server ended the session: {}", closed.map_or_else(|_| err.to_string(), |c| c.to_string()));
+            }
+        };
+        let lines = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), MAX_LINE);
+        Ok(Session { connection, send, lines: FramedRead::new(recv, lines), _endpoint: endpoint })
+    }
+}
+
 impl Client {
     pub async fn connect(base: &url::Url, mode: Mode, user: &str) -> anyhow::Result<Client> {
+        if mode == Mode::Webtransport {
+            let session = Session::open(base, user).await?;
+            return Ok(Client { link: Link::Wt(session), mode, user: user.to_owned() });
+        }
         let mut url = base.clone();
         let scheme = if base.scheme() == "https" || base.scheme() == "wss" { "wss" } else { "ws" };
         url.set_scheme(scheme).map_err(|()| anyhow::anyhow!("cannot use scheme {scheme} for {base}"))?;
@@ -84,6 +131,7 @@ impl Client {
                 url.set_path("/socket.io/");
                 url.set_query(Some("EIO=4&transport=websocket"));
             }
+            Mode::Webtransport => unreachable!("opened above"),
         }
         // tungstenite zero-fills its whole read buffer before each read: at its 128 KiB
         // default that memset was a third of loadgen's CPU at 400k deliveries/s.
@@ -91,7 +139,7 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
             .await
             .with_context(|| format!("connecting to {url}"))?;
-        let mut client = Client { ws, mode, user: user.to_owned() };
+        let mut client = Client { link: Link::Ws(ws), mode, user: user.to_owned() };
         if mode == Mode::Socketio {
             client.expect_prefix("0").await.context("waiting for the Engine.IO open packet")?;
             client.send_text(format!("40{}", json!({"user": user}))).await?;
@@ -101,16 +149,37 @@ impl Client {
     }
 
     async fn send_text(&mut self, text: String) -> anyhow::Result<()> {
-        self.ws.send(Message::Text(text.into())).await.context("sending a frame")
+        match &mut self.link {
+            Link::Ws(ws) => ws.send(Message::Text(text.into())).await.context("sending a frame"),
+            Link::Wt(wt) => wt.send.write_all(format!("{text}\n").as_bytes()).await.context("sending a line"),
+        }
+    }
+
+    /// The next text frame (or line); `None` when the connection ends.
+    async fn read(&mut self) -> Option<anyhow::Result<Utf8Bytes>> {
+        match &mut self.link {
+            Link::Ws(ws) => loop {
+                match ws.next().await? {
+                    Ok(Message::Text(text)) => return Some(Ok(text)),
+                    Ok(Message::Close(_)) => return None,
+                    Ok(_) => {}
+                    Err(err) => return Some(Err(err.into())),
+                }
+            },
+            Link::Wt(wt) => match wt.lines.next().await? {
+                Ok(line) => Some(Utf8Bytes::try_from(line).context("a line that is not UTF-8")),
+                Err(err) => Some(Err(err.into())),
+            },
+        }
     }
 
     async fn expect_prefix(&mut self, prefix: &str) -> anyhow::Result<()> {
         loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Text(text))) if text.starts_with(prefix) => return Ok(()),
-                Some(Ok(Message::Text(text))) if text.as_str() == "2" => self.send_text("3".into()).await?,
+            match self.read().await {
+                Some(Ok(text)) if text.starts_with(prefix) => return Ok(()),
+                Some(Ok(text)) if text.as_str() == "2" => self.send_text("3".into()).await?,
                 Some(Ok(_)) => {}
-                Some(Err(err)) => return Err(err.into()),
+                Some(Err(err)) => return Err(err),
                 None => bail!("connection closed"),
             }
         }
@@ -118,7 +187,7 @@ impl Client {
 
     pub async fn join(&mut self, room: &str) -> anyhow::Result<()> {
         match self.mode {
-            Mode::Ws => {
+            Mode::Ws | Mode::Webtransport => {
                 self.send_text(json!({"type": "join", "room": room}).to_string()).await?;
                 self.expect_prefix(r#"{"type":"joined""#).await
             }
@@ -131,7 +200,9 @@ impl Client {
 
     pub async fn send(&mut self, room: &str, text: &str, client_id: &str) -> anyhow::Result<()> {
         let frame = match self.mode {
-            Mode::Ws => json!({"type": "send", "room": room, "text": text, "client_id": client_id}).to_string(),
+            Mode::Ws | Mode::Webtransport => {
+                json!({"type": "send", "room": room, "text": text, "client_id": client_id}).to_string()
+            }
             Mode::Socketio => {
                 format!("42{}", json!(["send_message", {"roomId": room, "message": text, "username": self.user}]))
             }
@@ -142,14 +213,12 @@ impl Client {
     /// The next frame that matters; `None` when the connection ends.
     pub async fn next(&mut self) -> Option<anyhow::Result<Incoming>> {
         loop {
-            let text = match self.ws.next().await? {
-                Ok(Message::Text(text)) => text,
-                Ok(Message::Close(_)) => return None,
-                Ok(_) => continue,
-                Err(err) => return Some(Err(err.into())),
+            let text = match self.read().await? {
+                Ok(text) => text,
+                Err(err) => return Some(Err(err)),
             };
             return Some(Ok(match self.mode {
-                Mode::Ws => parse_ws(&text),
+                Mode::Ws | Mode::Webtransport => parse_ws(&text),
                 Mode::Socketio if text.as_str() == "2" => {
                     if let Err(err) = self.send_text("3".into()).await {
                         return Some(Err(err));
@@ -161,8 +230,13 @@ impl Client {
         }
     }
 
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+    pub async fn close(self) {
+        match self.link {
+            Link::Ws(mut ws) => {
+                let _ = ws.close(None).await;
+            }
+            Link::Wt(wt) => wt.connection.close(wtransport::VarInt::from_u32(1000), b"bye"),
+        }
     }
 }
 

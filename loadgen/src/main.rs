@@ -3,6 +3,7 @@
 //! connect time and errors, and loss and duplicates, counted from what arrived.
 
 mod client;
+mod offer;
 mod run;
 mod stats;
 

@@ -57,7 +57,7 @@ impl Live {
         }
         let sent = self.room_sent[room].load(Ordering::Acquire);
         match mode {
-            Mode::Ws => {
+            Mode::Ws | Mode::Webtransport => {
                 self.room_answered[room].load(Ordering::Acquire) >= sent
                     && unique >= self.room_acked[room].load(Ordering::Acquire)
             }
@@ -427,7 +427,7 @@ fn account(args: &Args, results: Vec<ClientResult>, churn_connects: u64) -> Repo
         // Messages that must arrive: acked ones on /ws (the sender gets its own copy),
         // sent ones on Socket.IO (which has no ack in the original events, and skips the sender).
         expected += match args.mode {
-            Mode::Ws => r.acked * members[r.room],
+            Mode::Ws | Mode::Webtransport => r.acked * members[r.room],
             Mode::Socketio => r.sent * members[r.room].saturating_sub(1),
         };
         unique += r.receiver.unique;

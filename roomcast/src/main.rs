@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fanout::{DirectoryArgs, MemoryBroker};
-use gateway::{EdgeArgs, Gateway};
+use gateway::{EdgeArgs, Gateway, SelfSign, WebTransport};
 use persister::{BatcherConfig, Persister, RedbStore};
 
 #[derive(Parser)]
@@ -33,7 +33,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address for the web page and WebSockets.
+    /// Address for the web page and WebSockets (TCP), and WebTransport (UDP, self-signed
+    /// unless --tls-cert or --webtransport-cert is given).
     #[arg(long, env = "ROOMCAST_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Where the message store lives; history survives restarts.
@@ -88,10 +89,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     gateway::describe_metrics();
     persister::metrics::describe();
     let edge = args.edge.load()?;
+    let wt = match args.edge.webtransport(args.listen, SelfSign::Allowed)? {
+        Some(config) => Some(WebTransport::bind(config, &edge.limits).await?),
+        None => None,
+    };
     let store = RedbStore::open(&args.data_dir)?;
     let archive = Arc::new(Persister::new(Arc::new(store), BatcherConfig::default()));
     tracing::info!(data_dir = %args.data_dir.display(), metrics = %args.metrics_listen, "roomcast starting");
     let broker = MemoryBroker::new(args.directory.limits()?);
     let gateway = Gateway::start(Arc::new(broker), archive, edge.limits, edge.access);
-    gateway.run(args.listen, edge.tls, args.metrics_listen, metrics, Duration::from_secs(args.drain_seconds)).await
+    let drain = Duration::from_secs(args.drain_seconds);
+    gateway.run(args.listen, edge.tls, wt, args.metrics_listen, metrics, drain).await
 }

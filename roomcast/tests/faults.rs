@@ -1,6 +1,7 @@
-//! The fault matrix: steady traffic from four clients on two gateways into one room, and
-//! one fault at a time, with real processes: kill -9 of the persister, of a fanout and of
-//! a gateway, a Redis restart, and the MongoDB-wire server stopped for ~5 s.
+//! The fault matrix: steady traffic from four clients (one on WebTransport, three on
+//! `/ws`) on two gateways into one room, and one fault at a time, with real processes:
+//! kill -9 of the persister, of a fanout and of a gateway, a Redis restart, and the
+//! MongoDB-wire server stopped for ~5 s.
 //!
 //! After each fault every client joins again with `since` and must hold every acked
 //! message exactly once, in room order; the store must hold every acked message; and
@@ -255,6 +256,8 @@ async fn every_acked_message_survives_each_fault() {
     let mut stack =
         Stack::start_with("faults", 2, &["--queue-capacity", "4", "--batch-size", "4", "--batches-in-flight", "4"]);
     let urls = vec![stack.ws_url(0), stack.ws_url(1)];
+    // Driver 0 is on WebTransport, the others on /ws: the same room, the same contract.
+    let wt_urls = vec![stack.wt_url(0), stack.wt_url(1)];
     let mut table = vec![
         "| fault | sent | acked | errored (codes) | lost | slowest answer | recovered after heal | persister RSS before / during / after the outage |".to_owned(),
         "|---|---:|---:|---|---:|---:|---:|---|".to_owned(),
@@ -265,7 +268,8 @@ async fn every_acked_message_survives_each_fault() {
         let idle = Arc::new(Barrier::new(DRIVERS));
         let drivers: Vec<_> = (0..DRIVERS)
             .map(|i| {
-                tokio::spawn(drive(format!("{fault:?}{i}").to_lowercase(), urls.clone(), i, stop.clone(), idle.clone()))
+                let urls = if i == 0 { wt_urls.clone() } else { urls.clone() };
+                tokio::spawn(drive(format!("{fault:?}{i}").to_lowercase(), urls, i, stop.clone(), idle.clone()))
             })
             .collect();
         tokio::time::sleep(Duration::from_secs(3)).await;

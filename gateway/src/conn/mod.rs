@@ -80,7 +80,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A connection admitted on front door `protocol` (a metric label: `ws`, `socketio`).
+    /// A connection admitted on front door `protocol` (a metric label: `ws`, `socketio`,
+    /// `webtransport`).
     pub fn open(hub: Arc<Hub>, protocol: &'static str, admitted: Admitted) -> Arc<Conn> {
         hub.connection_opened(protocol);
         Arc::new(Conn {
@@ -90,8 +91,8 @@ impl Conn {
             authenticated: admitted.authenticated,
             grant: admitted.rooms,
             limiter: hub.limits.frame_limiter(),
-            received: METRICS.frames_received(protocol),
-            send_duration: METRICS.send_duration(protocol),
+            received: &METRICS.protocol(protocol).frames_received,
+            send_duration: &METRICS.protocol(protocol).send_duration,
             rooms: Mutex::default(),
             sends: OnceLock::new(),
             slot: Mutex::new(Some(admitted.slot)),

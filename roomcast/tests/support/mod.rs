@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream as TokioTcp;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::codec::{FramedRead, LinesCodec};
 
 /// A port nothing listens on, never handed out twice in this test process (the OS may
 /// offer a just-released port again).
@@ -325,6 +326,10 @@ impl Stack {
                 format!("http://127.0.0.1:{}", self.persister_port),
                 "--drain-seconds".into(),
                 "2".into(),
+                "--webtransport-cert".into(),
+                webtransport_cert().cert.display().to_string(),
+                "--webtransport-key".into(),
+                webtransport_cert().key.display().to_string(),
             ],
         ));
         self.gateway_ports.push(gport);
@@ -332,6 +337,12 @@ impl Stack {
 
     pub fn ws_url(&self, gateway: usize) -> String {
         format!("ws://127.0.0.1:{}", self.gateway_ports[gateway])
+    }
+
+    /// The gateway's WebTransport (UDP, the same port number); [`Client::connect_query`]
+    /// takes it like a `ws://` URL.
+    pub fn wt_url(&self, gateway: usize) -> String {
+        format!("https://127.0.0.1:{}", self.gateway_ports[gateway])
     }
 
     pub fn persister_url(&self) -> String {
@@ -352,6 +363,32 @@ impl Stack {
             .expect("collect");
         docs.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_owned)).collect()
     }
+}
+
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A certificate for the gateways' WebTransport, made once per test process: ECDSA P-256,
+/// valid 10 days, so that clients can accept it by its hash, as browsers do.
+pub fn webtransport_cert() -> &'static CertFiles {
+    static CERT: std::sync::OnceLock<CertFiles> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| {
+        let identity = wtransport::Identity::self_signed_builder()
+            .subject_alt_names(["localhost", "127.0.0.1"])
+            .from_now_utc()
+            .validity_days(10)
+            .build()
+            .expect("self-signed certificate");
+        let dir = log_dir().join(format!("wt-cert-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("certificate directory");
+        let files = CertFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+        let chain: String = identity.certificate_chain().as_slice().iter().map(|c| c.to_pem()).collect();
+        std::fs::write(&files.cert, chain).expect("write cert.pem");
+        std::fs::write(&files.key, identity.private_key().to_secret_pem()).expect("write key.pem");
+        files
+    })
 }
 
 /// A one-process `roomcast` on free ports with its store in `dir`; `extra` flags are
@@ -418,12 +455,95 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
-/// A `/ws` client that records everything it receives.
+/// A JSON-protocol client, on `/ws` or `/wt`, that records everything it receives.
 pub struct Client {
     pub user: String,
-    ws: WebSocketStream<MaybeTlsStream<TokioTcp>>,
+    link: Link,
     /// Every frame received, in order.
     pub frames: Vec<Value>,
+}
+
+enum Link {
+    Ws(WebSocketStream<MaybeTlsStream<TokioTcp>>),
+    Wt(WtLink),
+}
+
+/// A WebTransport session and its one stream, read line by line.
+pub struct WtLink {
+    connection: wtransport::Connection,
+    send: wtransport::SendStream,
+    lines: FramedRead<wtransport::RecvStream, LinesCodec>,
+    _endpoint: wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>,
+}
+
+/// A WebTransport session's end: its close code and reason, or why it failed.
+pub fn wt_close(err: &wtransport::error::ConnectionError) -> (u32, String) {
+    match err {
+        wtransport::error::ConnectionError::ApplicationClosed(close) => (
+            u32::try_from(close.code().into_inner()).unwrap_or(u32::MAX),
+            String::from_utf8_lossy(close.reason()).into_owned(),
+        ),
+        other => (0, other.to_string()),
+    }
+}
+
+/// The certificate hash the server at `port` offers on `GET /wt/cert-hash`.
+fn offered_hash(port: u16) -> Result<wtransport::tls::Sha256Digest, String> {
+    let (status, body) = http_get(port, "/wt/cert-hash").map_err(|err| format!("GET /wt/cert-hash: {err}"))?;
+    if status != 200 {
+        return Err(format!("GET /wt/cert-hash answered {status}: {body}"));
+    }
+    let offered: Value = serde_json::from_str(&body).map_err(|err| format!("/wt/cert-hash: {err}: {body}"))?;
+    let hex = offered["sha256"].as_str().ok_or_else(|| format!("/wt/cert-hash has no sha256: {body}"))?;
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<_, _>>()
+        .map_err(|err| format!("/wt/cert-hash sha256 {hex:?}: {err}"))?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| format!("/wt/cert-hash sha256 {hex:?} is not 32 bytes"))?;
+    Ok(wtransport::tls::Sha256Digest::new(bytes))
+}
+
+impl WtLink {
+    /// Opens a session to `https://127.0.0.1:port/wt?{query}` and its stream; the error is
+    /// "CODE reason" of a refused session.
+    pub async fn connect(port: u16, query: &str) -> Result<WtLink, String> {
+        let hash = offered_hash(port)?;
+        let config =
+            wtransport::ClientConfig::builder().with_bind_default().with_server_certificate_hashes([hash]).build();
+        let endpoint = wtransport::Endpoint::client(config).map_err(|err| err.to_string())?;
+        let url = format!("https://127.0.0.1:{port}/wt?{query}");
+        let connection = match endpoint.connect(&url).await {
+            Ok(connection) => connection,
+            Err(wtransport::error::ConnectingError::ConnectionError(err)) => {
+                let (code, reason) = wt_close(&err);
+                return Err(format!("{code} {reason}"));
+            }
+            Err(err) => return Err(format!("connect {url}: {err}")),
+        };
+        let opened = connection.open_bi().await.map_err(|err| err.to_string())?.await;
+        let (send, recv) = match opened {
+            Ok(stream) => stream,
+            Err(err) => {
+                let (code, reason) = wt_close(&connection.closed().await);
+                return Err(format!("{code} {reason} ({err})"));
+            }
+        };
+        let lines = FramedRead::new(recv, LinesCodec::new_with_max_length(4 << 20));
+        let link = WtLink { connection, send, lines, _endpoint: endpoint };
+        // A refused session is closed at once: tell it apart from an open one by waiting
+        // briefly for that close.
+        if let Ok(err) = tokio::time::timeout(Duration::from_millis(300), link.connection.closed()).await {
+            let (code, reason) = wt_close(&err);
+            return Err(format!("{code} {reason}"));
+        }
+        Ok(link)
+    }
+
+    /// Writes raw bytes on the stream (a line is the caller's to end with `\n`).
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.send.write_all(bytes).await.map_err(|err| err.to_string())
+    }
 }
 
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -442,26 +562,48 @@ impl Client {
         let tcp = socket.connect(addr(port)).await.map_err(|err| err.to_string())?;
         let url = format!("ws://127.0.0.1:{port}/ws?user={user}");
         match tokio_tungstenite::client_async(&url, MaybeTlsStream::Plain(tcp)).await {
-            Ok((ws, _)) => Ok(Client { user: user.to_owned(), ws, frames: Vec::new() }),
+            Ok((ws, _)) => Ok(Client { user: user.to_owned(), link: Link::Ws(ws), frames: Vec::new() }),
             Err(err) => Err(refusal(err)),
         }
     }
 
-    /// Connects to `/ws?{query}`; the error carries the refusal's HTTP status and body.
+    /// Connects to `/ws?{query}`, or `/wt?{query}` when `base` is `https://127.0.0.1:PORT`
+    /// ([`Stack::wt_url`]); the error carries the refusal's HTTP status and body, or the
+    /// refused session's close code and reason.
     pub async fn connect_query(base: &str, name: &str, query: &str) -> Result<Client, String> {
+        if let Some(port) = base.strip_prefix("https://127.0.0.1:") {
+            let port = port.parse().map_err(|_| format!("{base}: no port"))?;
+            let link = WtLink::connect(port, query).await?;
+            return Ok(Client { user: name.to_owned(), link: Link::Wt(link), frames: Vec::new() });
+        }
         let url = format!("{base}/ws?{query}");
         match tokio_tungstenite::connect_async(&url).await {
-            Ok((ws, _)) => Ok(Client { user: name.to_owned(), ws, frames: Vec::new() }),
+            Ok((ws, _)) => Ok(Client { user: name.to_owned(), link: Link::Ws(ws), frames: Vec::new() }),
             Err(err) => Err(refusal(err)),
         }
     }
 
     pub async fn send_json(&mut self, value: Value) {
-        self.ws.send(Message::Text(value.to_string().into())).await.expect("send frame");
+        match &mut self.link {
+            Link::Ws(ws) => ws.send(Message::Text(value.to_string().into())).await.expect("send frame"),
+            Link::Wt(wt) => wt.write(format!("{value}\n").as_bytes()).await.expect("send line"),
+        }
     }
 
+    /// A raw WebSocket message (`/ws` only).
     pub async fn send_raw(&mut self, msg: Message) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        self.ws.send(msg).await
+        match &mut self.link {
+            Link::Ws(ws) => ws.send(msg).await,
+            Link::Wt(_) => panic!("send_raw is for /ws clients; use wt() for raw lines"),
+        }
+    }
+
+    /// The WebTransport link (`/wt` clients only), for raw lines.
+    pub fn wt(&mut self) -> &mut WtLink {
+        match &mut self.link {
+            Link::Wt(wt) => wt,
+            Link::Ws(_) => panic!("{} is a /ws client", self.user),
+        }
     }
 
     pub async fn join(&mut self, room: &str, since: Option<u64>) -> Vec<Value> {
@@ -507,22 +649,38 @@ impl Client {
 
     /// The next JSON frame, or None when the connection ends.
     pub async fn next_frame(&mut self) -> Option<Value> {
-        loop {
-            match self.ws.next().await? {
-                Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).expect("server sent invalid JSON")),
-                Ok(Message::Close(_)) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
+        let text = match &mut self.link {
+            Link::Ws(ws) => loop {
+                match ws.next().await? {
+                    Ok(Message::Text(text)) => break text.to_string(),
+                    Ok(Message::Close(_)) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            },
+            Link::Wt(wt) => wt.lines.next().await?.ok()?,
+        };
+        Some(serde_json::from_str(&text).expect("server sent invalid JSON"))
     }
 
-    /// Reads until the connection closes; returns the close code.
-    pub async fn wait_close(&mut self) -> Option<u16> {
+    /// Reads until the connection closes; returns the close code (a WebTransport
+    /// session's application close code).
+    pub async fn wait_close(&mut self) -> Option<u32> {
         let deadline = tokio::time::Instant::now() + WAIT;
+        if let Link::Wt(_) = self.link {
+            while let Some(frame) =
+                tokio::time::timeout_at(deadline, self.next_frame()).await.expect("timed out waiting for close")
+            {
+                self.frames.push(frame);
+            }
+            let Link::Wt(wt) = &self.link else { unreachable!() };
+            let closed = tokio::time::timeout_at(deadline, wt.connection.closed()).await.expect("session close");
+            return Some(wt_close(&closed).0).filter(|code| *code != 0);
+        }
+        let Link::Ws(ws) = &mut self.link else { unreachable!() };
         loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next()).await.expect("timed out waiting for close");
+            let next = tokio::time::timeout_at(deadline, ws.next()).await.expect("timed out waiting for close");
             match next {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u32::from(u16::from(f.code))),
                 Some(Ok(Message::Text(text))) => {
                     if let Ok(v) = serde_json::from_str(&text) {
                         self.frames.push(v);
@@ -572,8 +730,13 @@ impl Client {
         self.frames.iter().filter(|f| f["type"] == "error").cloned().collect()
     }
 
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+    pub async fn close(self) {
+        match self.link {
+            Link::Ws(mut ws) => {
+                let _ = ws.close(None).await;
+            }
+            Link::Wt(wt) => wt.connection.close(wtransport::VarInt::from_u32(1000), b"bye"),
+        }
     }
 }
 
