@@ -45,7 +45,11 @@ async function usePageFrom(urls) {
   return pageMode;
 }
 
-async function launchBrowser() {
+/**
+ * Launches headless Chromium. QUIC is off (`--disable-quic`) unless `quic` is true: the
+ * WebTransport tests need it (WebTransport is HTTP/3 over QUIC).
+ */
+async function launchBrowser({ quic = false } = {}) {
   if (!pageMode) throw new Error('call usePageFrom(serverUrls) before launchBrowser()');
   try {
     fs.accessSync(CHROMIUM, fs.constants.X_OK);
@@ -57,8 +61,9 @@ async function launchBrowser() {
   // removes it on close.
   const args = [
     '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync',
+    '--no-first-run', '--disable-component-update', '--disable-sync',
   ];
+  if (!quic) args.push('--disable-quic');
   if (pageMode === 'file') args.push('--disable-features=LocalNetworkAccessChecks');
   return chromium.launch({ executablePath: CHROMIUM, headless: true, args });
 }
@@ -98,11 +103,15 @@ class Session {
 
   /**
    * Opens the chat page of `base` (a server URL) in `context` (or a new one) at `#room`.
-   * With `user`, the name comes from ?user=; without, the page asks for one.
+   * With `user`, the name comes from ?user=; without, the page asks for one. With
+   * `transport` ('websocket'), the page is told to use it (?transport=).
    */
-  async open(label, base, { room, user, context, viewport, ...contextOptions } = {}) {
+  async open(label, base, { room, user, transport, context, viewport, ...contextOptions } = {}) {
     const ctx = context || await this.newContext(viewport ? { viewport, ...contextOptions } : contextOptions);
-    const query = user ? `?user=${encodeURIComponent(user)}` : '';
+    const params = new URLSearchParams();
+    if (user) params.set('user', user);
+    if (transport) params.set('transport', transport);
+    const query = params.size ? `?${params}` : '';
     return this.openUrl(label, `${base}/${query}${room ? `#${room}` : ''}`, ctx);
   }
 
@@ -116,17 +125,32 @@ class Session {
       dialog.dismiss().catch(() => {});
     });
     this.pages.push({ page, label });
-    this.recordFrames(page, label);
+    await this.recordFrames(page, label);
     await page.goto(url);
     return page;
   }
 
-  /** Every WebSocket frame of the page, both ways, to test-output/e2e/<test>--<label>.frames.jsonl. */
-  recordFrames(page, label) {
+  /** The frame log of the page opened as `label` (see recordFrames). */
+  framesFile(label) {
+    return path.join(SHOT_DIR, `${this.prefix}--${slug(label)}.frames.jsonl`);
+  }
+
+  /**
+   * Every frame of the page, both ways, to test-output/e2e/<test>--<label>.frames.jsonl:
+   * WebSocket frames as Chromium saw them, and WebTransport frames (with
+   * `"transport":"webtransport"`) as the page's adapter passed them to its frame hook,
+   * `window.__roomcastFrame(dir, kind, text)` (web/README.md, "Test hooks").
+   */
+  async recordFrames(page, label) {
     fs.mkdirSync(SHOT_DIR, { recursive: true });
-    const file = path.join(SHOT_DIR, `${this.prefix}--${slug(label)}.frames.jsonl`);
+    const file = this.framesFile(label);
     fs.writeFileSync(file, '');
     const write = (entry) => fs.appendFileSync(file, `${JSON.stringify({ t: new Date().toISOString(), ...entry })}\n`);
+    await page.exposeFunction('__roomcastFrame', (dir, kind, text) => {
+      if (kind !== 'webtransport') return; // WebSocket frames are recorded below
+      if (dir === 'sent' || dir === 'recv') write({ transport: kind, dir, frame: String(text) });
+      else write({ transport: kind, event: String(dir), detail: String(text) });
+    });
     page.on('websocket', (ws) => {
       write({ event: 'open', url: ws.url() });
       ws.on('framesent', (f) => write({ dir: 'sent', frame: String(f.payload) }));

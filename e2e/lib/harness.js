@@ -8,7 +8,7 @@
 // Every process started here is killed when the test file's process exits, also after a
 // failure or a signal, so nothing is left listening.
 
-const { spawn } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const http = require('node:http');
 const net = require('node:net');
@@ -255,10 +255,31 @@ async function startStandalone(name, extraArgs = []) {
 }
 
 /**
- * redis-server + secantusd-py + persister + N x (fanout, gateway), every gateway ready.
- * Returns { gateways: [url...], stop() }.
+ * A self-signed ECDSA P-256 certificate for localhost and 127.0.0.1, valid 10 days (short
+ * enough for a browser to accept it by hash, `serverCertificateHashes`), written to `dir`.
+ * Returns { cert, key } (PEM file paths).
  */
-async function startStack(name, gatewayCount = 2) {
+function selfSignedCert(dir) {
+  const openssl = which('openssl', 'install Debian\'s openssl (apt-get install -y openssl)');
+  const cert = path.join(dir, 'wt-cert.pem');
+  const key = path.join(dir, 'wt-key.pem');
+  const res = spawnSync(openssl, [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-days', '10', '-nodes',
+    '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+    '-keyout', key, '-out', cert,
+  ], { encoding: 'utf8' });
+  if (res.status !== 0) throw new Error(`openssl could not make a certificate: ${res.error || res.stderr}`);
+  return { cert, key };
+}
+
+/**
+ * redis-server + secantusd-py + persister + N x (fanout, gateway), every gateway ready.
+ * Options: `gatewayArgs` (more arguments for every gateway, or a function of the gateway's
+ * index returning them), `webtransport` (true: each gateway serves WebTransport with a
+ * self-signed certificate made here, `--webtransport-cert FILE --webtransport-key FILE`).
+ * Returns { gateways: [url...], ports, procs, stop() }.
+ */
+async function startStack(name, gatewayCount = 2, { gatewayArgs = [], webtransport = false } = {}) {
   // Everything must be there before anything starts.
   const redisServer = which('redis-server', 'run scripts/setup-test-deps.sh (it installs Debian\'s redis-server)');
   const secantusd = executable(SECANTUSD, 'run scripts/setup-test-deps.sh (it installs SecantusDB into .tools/)');
@@ -267,6 +288,7 @@ async function startStack(name, gatewayCount = 2) {
   const dir = tempDir(name);
   const procs = [];
   try {
+    const wt = webtransport ? selfSignedCert(dir) : null;
     const redisPort = await freePort();
     const redis = new Proc(`${name}-redis`, redisServer, [
       '--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir,
@@ -308,6 +330,8 @@ async function startStack(name, gatewayCount = 2) {
         '--fanout', `http://127.0.0.1:${fanoutPort}`,
         '--persister', `http://127.0.0.1:${persisterPort}`,
         '--drain-seconds', '1',
+        ...(wt ? ['--webtransport-cert', wt.cert, '--webtransport-key', wt.key] : []),
+        ...(typeof gatewayArgs === 'function' ? gatewayArgs(i) : gatewayArgs),
       ]);
       procs.push(gateway);
       gateways.push({ proc: gateway, port: gatewayPort, url: `http://127.0.0.1:${gatewayPort}` });
@@ -381,5 +405,5 @@ async function until(check, what) {
 
 module.exports = {
   ROOT, OUT_DIR, LOG_DIR, PAGE_FILE,
-  startStandalone, startStack, servesPageFile, freePort, httpGet, sleep, bin, next, until, WAIT_MS,
+  startStandalone, startStack, selfSignedCert, servesPageFile, freePort, httpGet, sleep, bin, next, until, WAIT_MS,
 };

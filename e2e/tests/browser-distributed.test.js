@@ -215,7 +215,7 @@ it('own message: pending until acked, then confirmed by id; phone-sized layout d
       else ws.send(raw);
     });
   });
-  const a = await s.open('heidi-phone-gw0', gw(0), { room, user: me, context });
+  const a = await s.open('heidi-phone-gw0', gw(0), { room, user: me, context, transport: 'websocket' });
   const b = await s.open('ivan-gw1', gw(1), { room, user: 'ivan' });
   await waitJoined(a, room);
   await waitJoined(b, room);

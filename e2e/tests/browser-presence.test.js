@@ -400,7 +400,7 @@ it('over the list threshold only the count is shown; the full list comes back (f
     });
   });
   const inject = (frame) => toPage.send(JSON.stringify(frame));
-  const lee = await s.open('lee-gw0', gw(0), { room, user: 'lee', context });
+  const lee = await s.open('lee-gw0', gw(0), { room, user: 'lee', context, transport: 'websocket' });
   await waitJoined(lee, room);
   await waitMembers(lee, ['lee']);
 

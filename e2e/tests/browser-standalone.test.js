@@ -74,7 +74,8 @@ browserTest('standalone', () => browser, 'standalone: the page follows left, tru
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
   };
-  const kim = await s.open('kim', server.url, { room, user: 'kim', context });
+  // roomcast offers WebTransport too: this page is held to WebSocket, the transport routed here.
+  const kim = await s.open('kim', server.url, { room, user: 'kim', context, transport: 'websocket' });
   await waitJoined(kim, room);
   await send(kim, 'one');
   await send(kim, 'two');
