@@ -5,7 +5,8 @@
 
 Checks (each failure is one line, exit 1 if any):
   service-selectors   every Service selector matches the pod labels of a workload,
-                      and every targetPort is a port of those pods
+                      and every targetPort is a port of those pods, of the
+                      Service port's protocol (TCP or UDP)
   ingress-backends    every Ingress backend is a real Service and Service port;
                       a GKE Ingress's Services use NEG (container-native LB)
   backend-config      every cloud.google.com/backend-config annotation names a real
@@ -23,15 +24,23 @@ Checks (each failure is one line, exit 1 if any):
   hardening           every container: requests+limits, read-only root fs, no
                       privilege escalation, ALL caps dropped, non-root, seccomp;
                       the gateway's memory request equals its limit
-  public-front-door   where an Ingress makes the gateway public: tokens required
-                      (ROOMCAST_AUTH_REQUIRED=true) with a key whose Secret is not
-                      optional; the gateway's BackendConfig has cookie affinity (for
-                      Socket.IO long-polling) and a Cloud Armor securityPolicy
+  public-front-door   where an Ingress or a LoadBalancer Service makes the gateway
+                      public: tokens required (ROOMCAST_AUTH_REQUIRED=true) with a
+                      key whose Secret is not optional; behind an Ingress, the
+                      gateway's BackendConfig has cookie affinity (for Socket.IO
+                      long-polling) and a Cloud Armor securityPolicy
+  webtransport        where the gateway has a WebTransport certificate or a UDP
+                      Service: the certificate and key in a read-only Secret volume,
+                      the listener (not off) on a UDP container port, the URL pages
+                      are told (https://HOST[:PORT]/wt) a UDP port of a LoadBalancer
+                      Service to that listener and not the Ingress's host, and a
+                      NetworkPolicy that lets UDP in
 """
 import argparse
 import json
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -155,10 +164,21 @@ class Checker:
                 continue
             for p in s["spec"].get("ports") or []:
                 tp = p.get("targetPort", p.get("port"))
+                proto = p.get("protocol", "TCP")
                 for w in ws:
-                    if tp not in self.container_ports(w):
+                    entries = self.port_entries(w, tp)
+                    if not entries:
                         self.fail("service-selectors", f"Service {self.name(s)} port {p.get('name', p.get('port'))}: "
                                   f"targetPort {tp} is not a container port of {w['kind']} {self.name(w)}")
+                    elif not any(e.get("protocol", "TCP") == proto for e in entries):
+                        found = "/".join(sorted({e.get("protocol", "TCP") for e in entries}))
+                        self.fail("service-selectors", f"Service {self.name(s)} port {p.get('name', p.get('port'))} "
+                                  f"is {proto}, but targetPort {tp} is a {found} port of {w['kind']} {self.name(w)}")
+
+    def port_entries(self, w, port):
+        """The container ports of w's serving containers named `port`, or numbered it (any protocol)."""
+        return [p for c in self.serving_containers(w) for p in c.get("ports") or []
+                if p.get("name") == port or p.get("containerPort") == port]
 
     def service_port(self, svc, port):
         for p in svc.get("spec", {}).get("ports") or []:
@@ -437,8 +457,16 @@ class Checker:
         names = ([cfg["default"]] if "default" in cfg else []) + list((cfg.get("ports") or {}).values())
         return [bc for n in names if (bc := self.find("BackendConfig", n, self.ns(svc))) is not None]
 
+    def gateway_load_balancers(self, w):
+        """Services of type LoadBalancer that send to w's pods."""
+        return [s for s in self.of("Service") if self.ns(s) == self.ns(w)
+                and (s.get("spec") or {}).get("type") == "LoadBalancer"
+                and self.matches((s.get("spec") or {}).get("selector"), self.pod_labels(w))]
+
     def public_front_door(self):
-        if not self.of("Ingress"):
+        gateways = [w for w in self.workloads()
+                    if any(c["name"] == "gateway" for c in self.pod_spec(w).get("containers") or [])]
+        if not self.of("Ingress") and not any(self.gateway_load_balancers(w) for w in gateways):
             return  # not public: the dev overlay
         for w in self.workloads():
             for c in self.pod_spec(w).get("containers") or []:
@@ -458,6 +486,8 @@ class Checker:
                     if ref and ref.get("optional", False):
                         self.fail("public-front-door", f"{where}: {e['name']} comes from an optional Secret: a "
                                   "missing Secret would silently turn auth off")
+        if not self.of("Ingress"):
+            return  # public through a LoadBalancer Service only: no BackendConfig applies
         bcs = self.gateway_backend_configs()
         if not bcs:
             self.fail("public-front-door", "the gateway Service names no BackendConfig")
@@ -472,8 +502,98 @@ class Checker:
                 self.fail("public-front-door", f"BackendConfig {self.name(bc)}: no Cloud Armor securityPolicy "
                           "(the per-client rate limit behind the load balancer)")
 
+    def netpol_allows_udp(self, w, port, names):
+        """Some NetworkPolicy selecting w's pods lets UDP `port` (or a port named in `names`) in."""
+        for np_ in self.of("NetworkPolicy"):
+            spec = np_.get("spec") or {}
+            if self.ns(np_) != self.ns(w) or "Ingress" not in (spec.get("policyTypes") or ["Ingress"]):
+                continue
+            if not self.matches(spec.get("podSelector") or {}, self.pod_labels(w)):
+                continue
+            for rule in spec.get("ingress") or []:
+                ports = rule.get("ports")
+                if not ports or any(p.get("protocol", "TCP") == "UDP" and p.get("port") in (port, *names, None)
+                                    for p in ports):
+                    return True
+        return False
+
+    def webtransport(self):
+        for w in self.workloads():
+            spec = self.pod_spec(w)
+            for c in spec.get("containers") or []:
+                if c["name"] != "gateway":
+                    continue
+                where = f"{w['kind']} {self.name(w)}/gateway"
+                env = {v: self.env_value(w, c, v) for v in (
+                    "ROOMCAST_WEBTRANSPORT_CERT", "ROOMCAST_WEBTRANSPORT_KEY", "ROOMCAST_TLS_CERT", "ROOMCAST_TLS_KEY",
+                    "ROOMCAST_WEBTRANSPORT_LISTEN", "ROOMCAST_LISTEN", "ROOMCAST_WEBTRANSPORT_URL")}
+                files = [("ROOMCAST_WEBTRANSPORT_CERT", env["ROOMCAST_WEBTRANSPORT_CERT"]),
+                         ("ROOMCAST_WEBTRANSPORT_KEY", env["ROOMCAST_WEBTRANSPORT_KEY"])]
+                if not (files[0][1] and files[1][1]):  # the gateway falls back to --tls-cert/--tls-key
+                    files = [("ROOMCAST_TLS_CERT", env["ROOMCAST_TLS_CERT"]), ("ROOMCAST_TLS_KEY", env["ROOMCAST_TLS_KEY"])]
+                udp = [(s, p) for s in self.of("Service") if self.ns(s) == self.ns(w)
+                       and self.matches((s.get("spec") or {}).get("selector"), self.pod_labels(w))
+                       for p in (s.get("spec") or {}).get("ports") or [] if p.get("protocol") == "UDP"]
+                if not (files[0][1] and files[1][1]):
+                    if udp:
+                        self.fail("webtransport", f"{where}: UDP Service {self.name(udp[0][0])} sends to the gateway, "
+                                  "but it has no WebTransport certificate and key (ROOMCAST_WEBTRANSPORT_CERT/_KEY): "
+                                  "without them its WebTransport is off")
+                    continue
+                # The certificate and key: files of a Secret volume, mounted read-only.
+                volumes = {v["name"]: v for v in spec.get("volumes") or []}
+                for var, path in files:
+                    mounts = [m for m in c.get("volumeMounts") or []
+                              if path.startswith(m["mountPath"].rstrip("/") + "/")]
+                    m = max(mounts, key=lambda m: len(m["mountPath"]), default=None)
+                    if m is None or m.get("readOnly") is not True or "secret" not in volumes.get(m["name"], {}):
+                        self.fail("webtransport", f"{where}: {var} {path} is not in a read-only Secret volume")
+                # The listener: on a UDP port of the container.
+                listen = (env["ROOMCAST_WEBTRANSPORT_LISTEN"] or env["ROOMCAST_LISTEN"] or "").strip()
+                if listen == "off":
+                    self.fail("webtransport", f"{where}: ROOMCAST_WEBTRANSPORT_LISTEN is off, but a certificate is "
+                              "given and pages are told a WebTransport URL")
+                    continue
+                try:
+                    lport = int(listen.rpartition(":")[2])
+                except ValueError:
+                    self.fail("webtransport", f"{where}: WebTransport listen address {listen!r} has no port")
+                    continue
+                cports = [p for p in c.get("ports") or [] if p.get("protocol") == "UDP" and p["containerPort"] == lport]
+                if not cports:
+                    self.fail("webtransport", f"{where}: WebTransport listens on UDP {lport}, which is not a UDP "
+                              "container port of the gateway")
+                names = [p["name"] for p in cports if p.get("name")]
+                # The URL the page is told: a UDP port of a load balancer to that listener.
+                url = env["ROOMCAST_WEBTRANSPORT_URL"]
+                if not url:
+                    self.fail("webtransport", f"{where}: no ROOMCAST_WEBTRANSPORT_URL: pages would be told the page's "
+                              f"host at UDP {lport}, which the Ingress does not carry")
+                else:
+                    u = urlsplit(url)
+                    try:
+                        port = u.port or 443
+                    except ValueError:
+                        port = None
+                    if u.scheme != "https" or not u.hostname or u.path != "/wt" or port is None:
+                        self.fail("webtransport", f"{where}: ROOMCAST_WEBTRANSPORT_URL {url!r} is not https://HOST[:PORT]/wt")
+                    else:
+                        lbs = [s for s, p in udp if s["spec"].get("type") == "LoadBalancer" and p.get("port") == port
+                               and p.get("targetPort", p.get("port")) in (lport, *names)]
+                        if not lbs:
+                            self.fail("webtransport", f"{where}: ROOMCAST_WEBTRANSPORT_URL {url!r}: no LoadBalancer "
+                                      f"Service has UDP port {port} to the gateway's UDP {lport}")
+                        hosts = {r.get("host") for i in self.of("Ingress") for r in i["spec"].get("rules") or []}
+                        if u.hostname in hosts:
+                            self.fail("webtransport", f"{where}: ROOMCAST_WEBTRANSPORT_URL {url!r} names the Ingress's "
+                                      "host, whose address carries no UDP: use the UDP load balancer's own host name")
+                # The namespace denies by default: a NetworkPolicy must let the clients in.
+                if not self.netpol_allows_udp(w, lport, names):
+                    self.fail("webtransport", f"{where}: no NetworkPolicy allows UDP {lport} in: WebTransport clients "
+                              "would be dropped")
+
     CHECKS = ("service_selectors", "ingress_backends", "backend_config", "hpa_pdb_targets", "monitor_targets",
-              "netpol_selectors", "config_refs", "probes", "drain", "hardening", "public_front_door")
+              "netpol_selectors", "config_refs", "probes", "drain", "hardening", "public_front_door", "webtransport")
 
     def run(self):
         for c in self.CHECKS:

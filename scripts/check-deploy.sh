@@ -25,7 +25,7 @@ VENV="$ROOT/.tools/venv-deploy"
 CHECKOV_VENV="$VENV/checkov"
 PY="$VENV/bin/python"
 K8S_VERSION="1.34.0" # the Kubernetes minor the manifests target (GKE REGULAR channel)
-OVERLAYS=(gke dev)
+OVERLAYS=(gke gke-webtransport dev)
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 CHECKOV_RUN_SCA_PACKAGE_SCAN_V2=false \
   BC_SKIP_MAPPING=TRUE CHECKOV_NO_OUTPUT=false LOG_LEVEL=WARNING
 
@@ -66,14 +66,15 @@ chk_yamllint() { # DIR...
 }
 
 chk_render() { # DEPLOY_DIR OVERLAY OUT
-  # Renders a copy of DEPLOY_DIR: an overlay whose gitignored secrets.env is
-  # missing (a fresh clone, CI) gets its committed secrets.env.example instead.
-  local src=$1 overlay=$2 out=$3 tmp
+  # Renders a copy of DEPLOY_DIR: every overlay whose gitignored secrets.env is
+  # missing (a fresh clone, CI) gets its committed secrets.env.example instead,
+  # the rendered one and those it builds on (gke-webtransport on gke).
+  local src=$1 overlay=$2 out=$3 tmp ex
   tmp="$(mktemp -d)"
   cp -R "$src/." "$tmp/"
-  if [[ ! -f "$tmp/overlays/$overlay/secrets.env" && -f "$tmp/overlays/$overlay/secrets.env.example" ]]; then
-    cp "$tmp/overlays/$overlay/secrets.env.example" "$tmp/overlays/$overlay/secrets.env"
-  fi
+  for ex in "$tmp"/overlays/*/secrets.env.example; do
+    [[ -f "$ex" && ! -f "${ex%.example}" ]] && cp "$ex" "${ex%.example}"
+  done
   "$VENV/bin/kubectl" kustomize "$tmp/overlays/$overlay" >"$out"
   local rc=$?
   rm -rf "$tmp"
@@ -207,7 +208,7 @@ main_checks() {
   run "python-hcl2 parse" chk_tf_parse "$ROOT/terraform"
   run "references and variables" chk_tf_refs "$ROOT/terraform"
   run "argument names vs google provider schema" chk_tf_schema "$ROOT/terraform"
-  run "names shared with deploy/overlays/gke" chk_tf_k8s "$ROOT/terraform"
+  run "names shared with deploy/overlays/gke*" chk_tf_k8s "$ROOT/terraform"
   run "checkov terraform" chk_checkov_tf "$ROOT/terraform"
 }
 

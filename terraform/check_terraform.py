@@ -5,7 +5,8 @@
     check_terraform.py refs    [DIR]   references, variables, outputs, pins
     check_terraform.py schema  [DIR]   argument and block names vs the provider schema
     check_terraform.py k8s     [DIR]   names the Kubernetes manifests rely on
-                                       (global IP, TLS policy, Memorystore range)
+                                       (global IP, TLS policy, Memorystore range,
+                                       the WebTransport regional IP)
 
 DIR defaults to terraform/. One line per problem; exit 1 if any.
 """
@@ -260,8 +261,8 @@ def check_k8s(cfg: Config, problems):
 
     gke = ROOT / "deploy" / "overlays" / "gke"
 
-    def docs(name):
-        return [d for d in yaml.safe_load_all((gke / name).read_text()) if d]
+    def docs(name, overlay=gke):
+        return [d for d in yaml.safe_load_all((overlay / name).read_text()) if d]
 
     def tf_name(rtype, rname):
         item = cfg.resources.get((rtype, rname))
@@ -287,6 +288,12 @@ def check_k8s(cfg: Config, problems):
         if used != armor:
             problems.append(f"BackendConfig {bc['metadata']['name']} uses securityPolicy {used!r}, "
                             f"terraform creates {armor!r}")
+    # The WebTransport UDP load balancer's regional IP, named by the Service's annotation.
+    wt_ip = tf_name("google_compute_address", "webtransport")
+    for svc in docs("gateway-webtransport-service.yaml", gke.parent / "gke-webtransport"):
+        used = (svc["metadata"].get("annotations") or {}).get("networking.gke.io/load-balancer-ip-addresses")
+        if used != wt_ip:
+            problems.append(f"Service {svc['metadata']['name']} uses regional IP {used!r}, terraform creates {wt_ip!r}")
     rng = render_default(cfg, "${var.redis_reserved_ip_range}")
     cidrs = [peer.get("ipBlock", {}).get("cidr")
              for np_ in docs("networkpolicies.yaml") if np_["metadata"]["name"] == "gateway-to-memorystore"

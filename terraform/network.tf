@@ -53,7 +53,8 @@ resource "google_compute_firewall" "deny_all_ingress" {
 
 # Private nodes have no public IPs: Cloud NAT gives them egress (image pulls from
 # outside Google, MongoDB Atlas). The NAT uses one reserved regional IP so that
-# Atlas's IP access list can name it; this is the only regional address.
+# Atlas's IP access list can name it (the only other regional address is the
+# optional WebTransport one below).
 resource "google_compute_address" "nat" {
   name         = "${var.name_prefix}-nat"
   region       = var.region
@@ -89,6 +90,29 @@ resource "google_compute_global_address" "ingress" {
   name         = "${var.name_prefix}-ingress"
   address_type = "EXTERNAL"
   ip_version   = "IPV4"
+
+  depends_on = [google_project_service.enabled]
+}
+
+# The WebTransport address (optional, webtransport_enabled): regional, for the
+# regional external passthrough Network Load Balancer of the UDP Service
+# gateway-webtransport (deploy/overlays/gke-webtransport), which names it in its
+# annotation networking.gke.io/load-balancer-ip-addresses. The Ingress's global
+# address cannot serve: a passthrough load balancer's forwarding rule is
+# regional, and the global external Application Load Balancer carries no QUIC to
+# the pods. PREMIUM, the tier GKE gives the Service's load balancer by default.
+#
+# No firewall rule for it: GKE creates (and deletes with the Service) the rules of
+# its own load balancers, UDP 443 to the nodes from 0.0.0.0/0 (or the Service's
+# loadBalancerSourceRanges) and the health checkers to the healthCheckNodePort, at
+# priority 1000, ahead of deny_all_ingress (65534).
+resource "google_compute_address" "webtransport" {
+  count = var.webtransport_enabled ? 1 : 0
+
+  name         = "${var.name_prefix}-webtransport"
+  region       = var.region
+  address_type = "EXTERNAL"
+  network_tier = "PREMIUM"
 
   depends_on = [google_project_service.enabled]
 }

@@ -52,3 +52,13 @@ output "security_policy_name" {
   description = "Name of the Cloud Armor policy, as used by the gateway BackendConfig's spec.securityPolicy.name."
   value       = google_compute_security_policy.edge.name
 }
+
+output "webtransport_ip" {
+  description = "Regional static IP of the WebTransport UDP load balancer (webtransport_enabled): point the WebTransport host name's A record here (the host of ROOMCAST_WEBTRANSPORT_URL). Null when disabled."
+  value       = one(google_compute_address.webtransport[*].address)
+}
+
+output "webtransport_ip_name" {
+  description = "Name of the WebTransport address, as used by the Service annotation networking.gke.io/load-balancer-ip-addresses (deploy/overlays/gke-webtransport). Null when disabled."
+  value       = one(google_compute_address.webtransport[*].name)
+}

@@ -112,3 +112,9 @@ variable "edge_requests_per_minute" {
   type        = number
   default     = 1200
 }
+
+variable "webtransport_enabled" {
+  description = "Reserve the regional static IP of the WebTransport UDP load balancer (NAME-webtransport), for the optional overlay deploy/overlays/gke-webtransport. Off: no address, and that overlay's Service, which names it, gets no load balancer."
+  type        = bool
+  default     = false
+}

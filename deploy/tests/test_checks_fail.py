@@ -52,6 +52,19 @@ def rendered(tmp_path_factory):
     return docs
 
 
+@pytest.fixture(scope="session")
+def rendered_wt(tmp_path_factory):
+    """The gke-webtransport overlay rendered (and proved good, like `rendered`)."""
+    out = tmp_path_factory.mktemp("render") / "gke-webtransport.yaml"
+    rc, log = check("render", ROOT / "deploy", "gke-webtransport", out)
+    assert rc == 0, log
+    docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
+    for name in ("refs", "crd-schemas", "k8s-validate"):
+        rc, log = check(name, out, *(["gke-webtransport"] if name == "refs" else []))
+        assert rc == 0, f"good sample fails {name}:\n{log}"
+    return docs
+
+
 def find(docs, kind, name=None):
     for d in docs:
         if d["kind"] == kind and (name is None or d["metadata"]["name"] == name):
@@ -251,6 +264,63 @@ def test_cross_references_reject(rendered, tmp_path, case):
     expect_fail("refs", dump(tmp_path / "r.yaml", docs), "broken", match=match)
 
 
+def _env(docs, var):
+    return next(e for e in container(docs, "gateway")["env"] if e["name"] == var)
+
+
+def _wt_url(url):
+    def mutate(docs):
+        for c in docs:
+            if c["kind"] == "ConfigMap" and c["metadata"]["name"].startswith("roomcast-config"):
+                c["data"]["ROOMCAST_WEBTRANSPORT_URL"] = url
+    return mutate
+
+
+def _public_by_lb_only(docs):
+    """No Ingress (the UDP load balancer is the only public door), tokens not required."""
+    docs[:] = [d for d in docs if d["kind"] not in ("Ingress", "ManagedCertificate", "FrontendConfig")]
+    for c in docs:
+        if c["kind"] == "ConfigMap" and c["metadata"]["name"].startswith("roomcast-config"):
+            c["data"]["ROOMCAST_AUTH_REQUIRED"] = "false"
+
+
+# The WebTransport front door (overlay gke-webtransport).
+WT_BREAKS = {
+    "udp-service-to-tcp-port": (
+        lambda d: _svc(d, "gateway-webtransport")["spec"]["ports"][0].update(targetPort="http"),
+        r"port webtransport is UDP, but targetPort http is a TCP port of Deployment gateway"),
+    "container-port-tcp": (
+        lambda d: next(p for p in container(d, "gateway")["ports"] if p["name"] == "webtransport").update(
+            protocol="TCP"), r"WebTransport listens on UDP 8080, which is not a UDP container port"),
+    "no-certificate": (
+        lambda d: container(d, "gateway").update(env=[e for e in container(d, "gateway")["env"]
+                                                      if not e["name"].startswith("ROOMCAST_WEBTRANSPORT_")]),
+        r"no WebTransport certificate and key .* its WebTransport is off"),
+    "listen-off": (lambda d: _env(d, "ROOMCAST_WEBTRANSPORT_LISTEN").update(value="off"),
+                   r"ROOMCAST_WEBTRANSPORT_LISTEN is off"),
+    "cert-not-mounted": (lambda d: _env(d, "ROOMCAST_WEBTRANSPORT_CERT").update(value="/etc/tls/tls.crt"),
+                         r"ROOMCAST_WEBTRANSPORT_CERT /etc/tls/tls.crt is not in a read-only Secret volume"),
+    "cert-mount-writable": (lambda d: container(d, "gateway")["volumeMounts"][0].update(readOnly=False),
+                            r"ROOMCAST_WEBTRANSPORT_KEY \S+ is not in a read-only Secret volume"),
+    "url-port-not-on-load-balancer": (_wt_url("https://wt.chat.example.com:4433/wt"),
+                                      r"no LoadBalancer Service has UDP port 4433"),
+    "url-not-wt-path": (_wt_url("https://wt.chat.example.com/"), r"is not https://HOST\[:PORT\]/wt"),
+    "url-is-ingress-host": (_wt_url("https://chat.example.com/wt"), r"names the Ingress's host"),
+    "no-udp-networkpolicy": (
+        lambda d: d.remove(find(d, "NetworkPolicy", "gateway-webtransport-from-internet")),
+        r"no NetworkPolicy allows UDP 8080 in"),
+    "load-balancer-without-tokens": (_public_by_lb_only, r"ROOMCAST_AUTH_REQUIRED is 'false'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WT_BREAKS))
+def test_webtransport_references_reject(rendered_wt, tmp_path, case):
+    mutate, match = WT_BREAKS[case]
+    docs = copy.deepcopy(rendered_wt)
+    mutate(docs)
+    expect_fail("refs", dump(tmp_path / "r.yaml", docs), "broken", match=match)
+
+
 def test_prometheusrule_sync_rejects_drift(rendered, tmp_path):
     alerts = yaml.safe_load((ROOT / "dashboards" / "alerts.yml").read_text())
     alerts["groups"][0]["rules"][0]["expr"] = "vector(1)"
@@ -347,6 +417,12 @@ def test_terraform_k8s_names_reject_mismatch(tfcopy):
     out = expect_fail("tf-k8s-names", tfcopy, match=r"terraform creates 'roomcast-ip'")
     assert "Memorystore's range is 10.31.0.0/29" in out
     assert "terraform creates 'roomcast-armor'" in out
+
+
+def test_terraform_k8s_names_reject_webtransport_ip(tfcopy):
+    edit(tfcopy / "network.tf", '"${var.name_prefix}-webtransport"', '"${var.name_prefix}-wt"')
+    expect_fail("tf-k8s-names", tfcopy,
+                match=r"Service gateway-webtransport uses regional IP 'roomcast-webtransport', terraform creates 'roomcast-wt'")
 
 
 def test_checkov_terraform_rejects_insecure(tmp_path):
