@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 DS = {"type": "prometheus", "uid": "${datasource}"}
 F = 'namespace="$namespace", pod=~"$pod"'
 RI = "$__rate_interval"
+WT = 'protocol="webtransport"'
 
 
 # --------------------------------------------------------------------------- PromQL helpers
@@ -333,6 +334,25 @@ DIRECTORY_DESC = ("roomcast_gateway_directory_rooms: rooms in the room directory
 PRESENCE_FAILURES_DESC = ("roomcast_gateway_presence_refresh_failures_total: presence calls to the broker that failed, by op: "
                           "heartbeat (this gateway's liveness, every 5 s), announce (its users' joins and leaves), read "
                           "(other gateways' users). Alert RoomcastPresenceRefreshFailing: any failure in 5 minutes, for 5 minutes.")
+WT_SESSIONS_DESC = ("roomcast_gateway_connections: open WebTransport sessions (protocol=\"webtransport\", /wt over "
+                    "HTTP/3 and QUIC, UDP) against the WebSocket front doors (ws and socketio), summed over the selected pods. "
+                    "The page tries WebTransport first and falls back to WebSocket when a session fails or is not ready within 5 s: "
+                    "a webtransport line that drops while the other rises (total flat) is the UDP path or the QUIC "
+                    "handshake failing, see Handshake failures.")
+WT_RTT_DESC = ("roomcast_gateway_webtransport_rtt_seconds: QUIC's smoothed round-trip time of WebTransport sessions, "
+               "p50 and p99. Sampled per session every ping interval (--ping-seconds, 30 s by default) and at its end, so long sessions weigh more. "
+               "The clients' networks, mostly: a p99 rising alone is some clients on bad links; a p50 rising too is "
+               "the path to the load balancer or a node. WebSocket sessions have no such measure.")
+WT_LOSS_DESC = ("roomcast_gateway_webtransport_lost_packets_total: packets the gateway sent on WebTransport sessions that "
+                "QUIC declared lost (their data goes out again), per second and pod. Grows with traffic and with bad client networks; "
+                "one pod alone points at its node's network. No alert: loss has no denominator here and is mostly "
+                "the clients' links; its effects show as send latency and slow-consumer disconnects.")
+WT_HANDSHAKE_DESC = ("roomcast_gateway_webtransport_handshake_failures_total: WebTransport sessions that failed before "
+                     "admission (QUIC/TLS or HTTP/3 handshake failed or timed out after 10 s, no stream opened, a path "
+                     "other than /wt), per second, against sessions admitted (roomcast_gateway_connects_total{protocol="
+                     "\"webtransport\"}). Refusals by admission (token, origin, server_full) are Refused connections, "
+                     "not failures. Alert RoomcastWebTransportHandshakeFailures: over 20% of attempts, with more than "
+                     "15 failures in 5 minutes, for 10 minutes.")
 REFUSED_DESC = ("roomcast_gateway_refused_connections_total: connections refused before any room was touched, by reason. "
                 "origin_not_allowed (ROOMCAST_ALLOWED_ORIGINS), token_missing / token_invalid / token_expired (JWT), "
                 "server_full (the gateway holds ROOMCAST_MAX_CONNECTIONS), too_many_connections "
@@ -345,7 +365,7 @@ def overview() -> dict:
     b.row("At a glance")
     b.add(stat("Ready gateways", "Gateways whose /readyz is 200 (sum of roomcast_gateway_ready). 0 = nobody can connect.",
                (f"sum({sel('roomcast_gateway_ready')})", "ready"), steps=[("red", None), ("green", 1)]), w=4, h=4)
-    b.add(stat("Open connections", "WebSocket and Socket.IO connections open on all gateways.",
+    b.add(stat("Open connections", "WebSocket, Socket.IO and WebTransport connections open on all gateways.",
                (f"sum({sel('roomcast_gateway_connections')})", "connections"), steps=[("blue", None)]), w=4, h=4)
     b.add(stat("Client sends/s", "Messages sent by clients, per second, all results.",
                (srate("roomcast_gateway_messages_sent_total"), "sends/s"), unit="reqps", steps=[("blue", None)]), w=4, h=4)
@@ -426,7 +446,7 @@ def gateway() -> dict:
                      [(f"sum by (protocol) ({sel('roomcast_gateway_connections')})", "{{protocol}}")], stack=True))
     b.add(timeseries("Connects by protocol", "New connections per second.",
                      [(srate("roomcast_gateway_connects_total", "protocol"), "{{protocol}}")], unit="reqps"))
-    b.add(timeseries("Disconnects by reason", "client_close, error, slow_consumer, drain, protocol_error, limit.",
+    b.add(timeseries("Disconnects by reason", "All protocols: client_close, error, slow_consumer, drain, protocol_error, silent (no frame or pong for too long).",
                      [(srate("roomcast_gateway_disconnects_total", "reason"), "{{reason}}")], unit="reqps", stack=True))
     b.add(timeseries("Refused connections by reason", REFUSED_DESC,
                      [(srate("roomcast_gateway_refused_connections_total", "reason"), "{{reason}}")], unit="reqps", stack=True))
@@ -435,8 +455,23 @@ def gateway() -> dict:
     b.add(timeseries("Rooms with local members", "roomcast_gateway_rooms per pod.",
                      [(f"sum by (pod) ({sel('roomcast_gateway_rooms')})", "{{pod}}")]))
 
+    b.row("WebTransport (HTTP/3 over QUIC)")
+    b.add(timeseries("WebTransport sessions vs WebSocket", WT_SESSIONS_DESC,
+                     [("sum(" + sel("roomcast_gateway_connections", WT) + ")", "webtransport"),
+                      ("sum(" + sel("roomcast_gateway_connections", 'protocol!="webtransport"') + ")", "WebSocket (ws + socketio)")]), w=6)
+    b.add(timeseries("QUIC RTT", WT_RTT_DESC,
+                     [(quantile(0.5, "roomcast_gateway_webtransport_rtt_seconds"), "p50"),
+                      (quantile(0.99, "roomcast_gateway_webtransport_rtt_seconds"), "p99")], unit="s"), w=6)
+    b.add(timeseries("QUIC lost packets", WT_LOSS_DESC,
+                     [(srate("roomcast_gateway_webtransport_lost_packets_total", "pod"), "{{pod}}")], unit="pps"), w=6)
+    b.add(timeseries("Handshake failures", WT_HANDSHAKE_DESC,
+                     [(srate("roomcast_gateway_webtransport_handshake_failures_total"), "handshake failures/s"),
+                      # `or 0 * ...`: a door that never admitted a session has no connects series; show 0
+                      (f'{srate("roomcast_gateway_connects_total", extra=WT)}\nor\n0 * {srate("roomcast_gateway_webtransport_handshake_failures_total")}',
+                       "sessions admitted/s")], unit="reqps"), w=6)
+
     b.row("Frames and messages")
-    b.add(timeseries("Frames in / out", "WebSocket/Socket.IO frames received from and sent to clients.",
+    b.add(timeseries("Frames in / out", "Frames received from and sent to clients, by protocol: WebSocket messages (ws), Socket.IO events (socketio), NDJSON lines on the WebTransport stream (webtransport).",
                      [(srate("roomcast_gateway_frames_received_total", "protocol"), "in {{protocol}}"),
                       (srate("roomcast_gateway_frames_sent_total", "protocol"), "out {{protocol}}")], unit="reqps"))
     b.add(timeseries("Client sends by result", "acked or error.",
@@ -495,7 +530,7 @@ def gateway() -> dict:
     process_row(b)
     build_info_stat(b, w=24)
     return dashboard("roomcast-gateway", "roomcast / Gateway",
-                     "WebSocket/Socket.IO gateways: connections, frames, delivery latency, backpressure, presence, typing and the room directory, gRPC upstreams.",
+                     "WebSocket/Socket.IO/WebTransport gateways: connections, the WebTransport (QUIC) front door, frames, delivery latency, backpressure, presence, typing and the room directory, gRPC upstreams.",
                      b, "roomcast_gateway_ready")
 
 
