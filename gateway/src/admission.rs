@@ -25,6 +25,14 @@ pub struct Access {
     pub allowed_origins: Vec<String>,
 }
 
+/// `?user=` and `?token=` of a connect request's query string.
+pub fn credentials(query: &str) -> (Option<String>, Option<String>) {
+    let param = |name: &str| {
+        form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
+    };
+    (param("user"), param("token"))
+}
+
 /// What the client offers at connect.
 pub struct Offer<'a> {
     pub ip: Option<IpAddr>,

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::admission::{Offer, PeerAddr, FULL};
+use crate::admission::{credentials, Offer, PeerAddr, FULL};
 use crate::hub::Hub;
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
@@ -210,12 +210,7 @@ fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) ->
 }
 
 fn upgrade(hub: Arc<Hub>, req: Request<Incoming>) -> Reply {
-    let query = |name: &str| {
-        form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.into_owned())
-    };
-    let (user, token) = (query("user"), query("token"));
+    let (user, token) = credentials(req.uri().query().unwrap_or_default());
     let offer = Offer {
         ip: req.extensions().get::<PeerAddr>().map(|p| p.0.ip()),
         origin: req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()),

@@ -28,6 +28,10 @@ pub enum Inbound {
     TooLarge(String),
     /// Anything else that shows the client is alive (a pong).
     Alive,
+    /// An empty line: nothing to answer, but it counts against the frame rate.
+    Blank,
+    /// The transport gave up on a silent client (QUIC's idle timeout).
+    Silent,
     /// The client closed.
     Closed,
     /// The transport failed.
@@ -64,12 +68,15 @@ async fn read(
     tokio::pin!(drain);
     let mut closed = outbox.closed();
     // Reset at every frame from the client, rather than a new timer per frame.
-    let far = Duration::from_secs(86400 * 365);
-    let silent = tokio::time::sleep(silence.unwrap_or(far));
-    tokio::pin!(silent);
+    let mut silent = silence.map(|limit| Box::pin(tokio::time::sleep(limit)));
     loop {
         tokio::select! {
-            _ = &mut silent => {
+            _ = async {
+                match silent.as_mut() {
+                    Some(timer) => timer.await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 outbox.close(CloseCode::Gone);
                 return CloseCode::Gone.disconnect_reason();
             }
@@ -80,10 +87,18 @@ async fn read(
                 outbox.close(CloseCode::Restart);
             }
             frame = incoming.next() => {
-                silent.as_mut().reset(tokio::time::Instant::now() + silence.unwrap_or(far));
+                if let (Some(timer), Some(limit)) = (silent.as_mut(), silence) {
+                    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+                }
                 match frame {
-                    None | Some(Inbound::Closed) => return "client_close",
+                    None | Some(Inbound::Closed) => return ended(outbox, "client_close"),
+                    Some(Inbound::Silent) => return ended(outbox, CloseCode::Gone.disconnect_reason()),
                     Some(Inbound::Text(text)) => on_text(conn, outbox, &text),
+                    Some(Inbound::Blank) => {
+                        if let Err(err) = conn.received() {
+                            reply_error(outbox, err, None, None);
+                        }
+                    }
                     Some(Inbound::Binary) => {
                         let err = match conn.received() {
                             Err(err) => err,
@@ -103,12 +118,18 @@ async fn read(
                     }
                     Some(Inbound::Failed(err)) => {
                         tracing::debug!(%err, "connection read failed");
-                        return "error";
+                        return ended(outbox, "error");
                     }
                 }
             }
         }
     }
+}
+
+/// Why the connection ended: the server's close when it asked for one (the transport may
+/// report it first), else `reason`.
+fn ended(outbox: &Outbox, reason: &'static str) -> &'static str {
+    outbox.closing().map_or(reason, CloseCode::disconnect_reason)
 }
 
 /// One text frame: decoded, counted and rate-checked, then applied.

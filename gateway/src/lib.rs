@@ -126,13 +126,6 @@ impl Gateway {
         tracing::info!(left = self.connections(), "drained");
     }
 
-    /// Serves WebTransport sessions on `wt` until [`Gateway::drain`] or [`Gateway::stop`],
-    /// and tells pages where (`GET /wt/cert-hash`).
-    pub async fn serve_webtransport(&self, wt: WebTransport) {
-        let _ = self.hub.webtransport.set(wt.offered.clone());
-        wt::serve(self.hub.clone(), wt).await;
-    }
-
     /// Runs a gateway process's life: the admin endpoint (metrics, health, readiness),
     /// the front doors (TCP on `listen`, WebTransport when `wt` is set), and on SIGTERM
     /// the drain, then stop.
@@ -149,24 +142,25 @@ impl Gateway {
         let stopped = self.hub.lifecycle.stopped.clone();
         tokio::spawn(telemetry::serve_admin(admin, metrics, self.hub.ready.clone(), stopped));
         let listener = telemetry::bind(listen, "HTTP").await?;
+        let webtransport = wt.map(|wt| {
+            tracing::info!(udp_port = wt.offered.port, hash = ?wt.offered.sha256, "serving WebTransport on /wt");
+            // Known before the first page asks where it is.
+            let _ = self.hub.webtransport.set(wt.offered.clone());
+            tokio::spawn(wt::serve(self.hub.clone(), wt))
+        });
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(url = %format!("{scheme}://{listen}"), "serving");
         let server = self.clone();
         tokio::spawn(async move { server.serve(listener, tls).await });
-        if let Some(wt) = wt {
-            tracing::info!(udp_port = wt.offered.port, hash = ?wt.offered.sha256, "serving WebTransport on /wt");
-            let server = self.clone();
-            tokio::spawn(async move { server.serve_webtransport(wt).await });
-        }
 
         telemetry::terminated().await;
         self.drain(drain).await;
         self.stop();
         let heartbeat = self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(heartbeat) = heartbeat {
-            // Its last beat, then the farewell: each under its own deadline.
-            let _ = tokio::time::timeout(Duration::from_secs(10), heartbeat).await;
-        }
+        // The last beat, then the farewell; and WebTransport's closes sent: each under its
+        // own deadline.
+        let finished = futures::future::join_all(heartbeat.into_iter().chain(webtransport));
+        let _ = tokio::time::timeout(Duration::from_secs(10), finished).await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -196,10 +196,10 @@ impl Writer {
             };
             queued.fetch_sub(batch.bytes, Ordering::Relaxed);
             budget.give(batch.bytes);
-            sent.increment(batch.frames);
             if !batch.written {
                 break;
             }
+            sent.increment(batch.frames);
         }
         let code = *close.borrow();
         let _ = tokio::time::timeout(Duration::from_secs(1), wire.close(code)).await;

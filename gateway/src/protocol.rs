@@ -134,6 +134,12 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<&'a str>,
     },
+    /// A WebTransport session's last line: why the server closes it (browsers are not
+    /// shown QUIC's close code).
+    Close {
+        code: u32,
+        reason: &'a str,
+    },
 }
 
 impl ServerFrame<'_> {

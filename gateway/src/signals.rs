@@ -135,7 +135,9 @@ async fn beat(broker: &dyn Broker, rooms: &Rooms, gateway: &str) -> Result<(), f
                 // Until now readers took this gateway for dead (silent for the TTL, or a
                 // Redis that came back empty), and may have deleted its entries: its rooms
                 // announce their users again.
-                tracing::info!("this gateway was taken for dead; announcing every room's users again");
+                tracing::info!(
+                    "joined the live gateways (at start, or after being taken for dead); announcing every room's users"
+                );
                 rooms.reannounce();
             }
             rooms.keep_gateways(Arc::new(reply.live.into_iter().collect::<HashSet<String>>()));

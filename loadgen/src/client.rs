@@ -99,8 +99,9 @@ impl Session {
             None => builder.with_native_certs().build(),
         };
         let endpoint = wtransport::Endpoint::client(config).context("opening a UDP socket for WebTransport")?;
-        let url = format!("{}?user={user}", offered.url);
-        let connection = endpoint.connect(&url).await.with_context(|| format!("connecting to {url}"))?;
+        let mut url = url::Url::parse(&offered.url).with_context(|| format!("the offered URL {}", offered.url))?;
+        url.query_pairs_mut().append_pair("user", user);
+        let connection = endpoint.connect(url.as_str()).await.with_context(|| format!("connecting to {url}"))?;
         let (send, recv) = match connection.open_bi().await.context("opening the stream")?.await {
             Ok(stream) => stream,
             Err(err) => {

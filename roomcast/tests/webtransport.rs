@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{http_get, metric, start_roomcast, Client, Stack};
+use support::{http_get, metric, start_roomcast, wt_refusal, Client, Stack};
 
 /// Every message frame's seq for `room`, in arrival order.
 fn seqs(client: &Client, room: &str) -> Vec<u64> {
@@ -100,13 +100,17 @@ async fn bad_lines_oversized_lines_refusals_and_the_drain_get_their_documented_c
     assert_eq!(offered["port"], port, "WebTransport is on --listen's port, on UDP: {body}");
     assert!(offered["sha256"].as_str().is_some_and(|h| h.len() == 64), "{body}");
 
-    // Refused sessions are closed at once, 4000 + the status /ws would answer.
-    let refused = Client::connect_query(&wt, "x", "token=not-a-jwt").await.err().expect("a bad token is refused");
-    assert!(refused.starts_with("4401 token_invalid:"), "{refused}");
-    let refused = Client::connect_query(&wt, "x", "").await.err().expect("no user is refused");
-    assert!(refused.starts_with("4400 invalid_user:"), "{refused}");
-    let refused = Client::connect_query(&wt, "x", "user=no%20spaces").await.err().expect("a bad name is refused");
-    assert!(refused.starts_with("4400 invalid_user:"), "{refused}");
+    // Refused sessions are told why on their stream, then closed with 4000 + the status
+    // /ws would answer.
+    for (query, code, reason) in [
+        ("token=not-a-jwt", 4401, "token_invalid:"),
+        ("", 4400, "invalid_user:"),
+        ("user=no%20spaces", 4400, "invalid_user:"),
+    ] {
+        let (last, closed, why) = wt_refusal(port, query).await;
+        assert_eq!((last["code"].as_u64(), closed), (Some(code), code as u32), "?{query}: {last}");
+        assert!(last["reason"].as_str().is_some_and(|r| r.starts_with(reason)) && why.starts_with(reason), "{why}");
+    }
     assert_eq!(metric(metrics, "roomcast_gateway_refused_connections_total{reason=\"token_invalid\"}"), 1.0);
 
     let mut bad = Client::connect_query(&wt, "bad", "user=bad").await.expect("session");
@@ -135,10 +139,13 @@ async fn bad_lines_oversized_lines_refusals_and_the_drain_get_their_documented_c
     let mut huge = Client::connect_query(&wt, "huge", "user=huge").await.expect("session");
     let _ = huge.wt().write("y".repeat(2 * 1024 * 1024).as_bytes()).await;
     assert_eq!(huge.wait_close().await, Some(1009));
+    assert_eq!(huge.frames.last().map(|f| f["code"].clone()), Some(json!(1009)), "the last line says why");
 
     // SIGTERM: sessions are closed with 1012, reconnect elsewhere.
     let terminate = tokio::task::spawn_blocking(move || proc.terminate(Duration::from_secs(15)));
     assert_eq!(bad.wait_close().await, Some(1012), "a drain closes WebTransport sessions with 1012");
+    let last = bad.frames.last().cloned().unwrap_or_default();
+    assert_eq!((last["type"].as_str(), last["code"].as_u64()), (Some("close"), Some(1012)), "and says so: {last}");
     let exit = terminate.await.expect("terminate");
     assert!(exit.is_some_and(|status| status.success()), "clean exit on SIGTERM");
 }

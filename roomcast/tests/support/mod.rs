@@ -487,6 +487,21 @@ pub fn wt_close(err: &wtransport::error::ConnectionError) -> (u32, String) {
     }
 }
 
+/// A refused WebTransport session: the last line it was sent, and its close code and
+/// reason. Panics if the session was admitted.
+pub async fn wt_refusal(port: u16, query: &str) -> (Value, u32, String) {
+    let mut link = WtLink::connect(port, query).await.expect("the session opens before it is refused");
+    link.write(b"{\"type\":\"rooms\"}\n").await.ok();
+    let mut last = Value::Null;
+    while let Ok(Some(Ok(line))) = tokio::time::timeout(WAIT, link.lines.next()).await {
+        last = serde_json::from_str(&line).expect("JSON line");
+        assert_eq!(last["type"], "close", "a refused session is sent nothing but its close: {last}");
+    }
+    let closed = tokio::time::timeout(WAIT, link.connection.closed()).await.expect("the refused session closes");
+    let (code, reason) = wt_close(&closed);
+    (last, code, reason)
+}
+
 /// The certificate hash the server at `port` offers on `GET /wt/cert-hash`.
 fn offered_hash(port: u16) -> Result<wtransport::tls::Sha256Digest, String> {
     let (status, body) = http_get(port, "/wt/cert-hash").map_err(|err| format!("GET /wt/cert-hash: {err}"))?;
@@ -505,8 +520,8 @@ fn offered_hash(port: u16) -> Result<wtransport::tls::Sha256Digest, String> {
 }
 
 impl WtLink {
-    /// Opens a session to `https://127.0.0.1:port/wt?{query}` and its stream; the error is
-    /// "CODE reason" of a refused session.
+    /// Opens a session to `https://127.0.0.1:port/wt?{query}` and its stream (a refused
+    /// session is opened too, then closed: see [`wt_refusal`]).
     pub async fn connect(port: u16, query: &str) -> Result<WtLink, String> {
         let hash = offered_hash(port)?;
         let config =
@@ -530,14 +545,7 @@ impl WtLink {
             }
         };
         let lines = FramedRead::new(recv, LinesCodec::new_with_max_length(4 << 20));
-        let link = WtLink { connection, send, lines, _endpoint: endpoint };
-        // A refused session is closed at once: tell it apart from an open one by waiting
-        // briefly for that close.
-        if let Ok(err) = tokio::time::timeout(Duration::from_millis(300), link.connection.closed()).await {
-            let (code, reason) = wt_close(&err);
-            return Err(format!("{code} {reason}"));
-        }
-        Ok(link)
+        Ok(WtLink { connection, send, lines, _endpoint: endpoint })
     }
 
     /// Writes raw bytes on the stream (a line is the caller's to end with `\n`).
@@ -568,8 +576,7 @@ impl Client {
     }
 
     /// Connects to `/ws?{query}`, or `/wt?{query}` when `base` is `https://127.0.0.1:PORT`
-    /// ([`Stack::wt_url`]); the error carries the refusal's HTTP status and body, or the
-    /// refused session's close code and reason.
+    /// ([`Stack::wt_url`]); the error carries the refusal's HTTP status and body (`/ws`).
     pub async fn connect_query(base: &str, name: &str, query: &str) -> Result<Client, String> {
         if let Some(port) = base.strip_prefix("https://127.0.0.1:") {
             let port = port.parse().map_err(|_| format!("{base}: no port"))?;
