@@ -12,6 +12,7 @@
 #             store): the known answer loadgen is checked against, run first
 #   roomcast  persister + 2 x (fanout + gateway) on one redis-server and one secantusd-py
 #   roomcast1 the one-process `roomcast` binary (in-memory broker, on-disk redb store)
+#   roomcast1-wt  (only when named) the same, with loadgen --mode webtransport (QUIC)
 #   peer      2 x the Node peer (bench/peer: socket.io 4 + redis adapter) on one redis-server
 #   roomcast-nop99  (only when named in FANOUT_SYSTEMS) the distributed stack from the rate
 #             where `roomcast` failed, with p99 not limited, until loss or errors
@@ -93,7 +94,7 @@ run_step() {
   # client is connected, for STEP_SECONDS - 4 s.
   local until_connected=$((SECONDS + RAMP + 25)) before="" after="" window=$((STEP_SECONDS - 4)) cpu="-"
   # shellcheck disable=SC2086
-  while is_alive "$lg" && (($(established $ports) < CONNECTIONS)) && ((SECONDS < until_connected)); do sleep 0.2; done
+  while is_alive "$lg" && (($(connections "$mode" "${STEP_WT_METRICS:-0}" $ports) < CONNECTIONS)) && ((SECONDS < until_connected)); do sleep 0.2; done
   if is_alive "$lg" && ((window > 0)); then
     sleep 2
     before=$(cpu_snapshot "$groups lg:$lg")
@@ -130,7 +131,7 @@ j = json.load(open(sys.argv[1]))
 system, rate, rc, cpu, steps = sys.argv[2:7]
 lat = j["latency"]
 errors = j["connect_errors"] + j["send_errors"]
-unacked = j["sent"] - j["acked"] if j["mode"] == "Ws" else 0
+unacked = j["sent"] - j["acked"] if j["mode"] in ("Ws", "Webtransport") else 0
 verdict = "PASS" if rc == "0" and unacked == 0 else "FAIL"
 err = f"{errors} (+{unacked} unacked)" if unacked else str(errors)
 with open(steps, "a") as fh:
@@ -224,22 +225,25 @@ for system in $SYSTEMS; do
       step_system ceiling ws 0 "$RATES"
       bg_stop "$CEILING_PID"
       ;;
-    roomcast1)
+    roomcast1 | roomcast1-wt)
+      mode=ws
+      [[ $system == roomcast1-wt ]] && mode=webtransport
       free_port RC_PORT RC_METRICS
+      rm -rf "$BENCH_TMP/roomcast-data"
       mkdir -p "$BENCH_TMP/roomcast-data"
-      bg_start roomcast1 env RUST_LOG=warn $BENCH_RUST_ENV "$(need_bin roomcast)" --listen "127.0.0.1:$RC_PORT" \
+      bg_start "$system" env RUST_LOG=warn $BENCH_RUST_ENV "$(need_bin roomcast)" --listen "127.0.0.1:$RC_PORT" \
         --metrics-listen "127.0.0.1:$RC_METRICS" --data-dir "$BENCH_TMP/roomcast-data" --drain-seconds 1
       RC_PID=$LAST_PID
-      wait_ready "$RC_PID" roomcast1 "$RC_PORT" 60
-      STEP_TARGETS="http://127.0.0.1:$RC_PORT" STEP_PORTS=$RC_PORT STEP_GROUPS="roomcast:$RC_PID"
-      log "== roomcast1: the one-process roomcast binary (memory broker, redb store), loadgen --mode ws"
+      wait_ready "$RC_PID" "$system" "$RC_PORT" 60
+      STEP_TARGETS="http://127.0.0.1:$RC_PORT" STEP_PORTS=$RC_PORT STEP_GROUPS="roomcast:$RC_PID" STEP_WT_METRICS=$RC_METRICS
+      log "== $system: the one-process roomcast binary (memory broker, redb store), loadgen --mode $mode"
       STEP_METRICS="roomcast1:$RC_METRICS"
-      save_metrics roomcast1-r0 "$RC_METRICS"
-      step_system roomcast1 ws 0 "$RATES"
+      save_metrics "roomcast1-$system-r0" "$RC_METRICS"
+      step_system "$system" "$mode" 0 "$RATES"
       STEP_METRICS=""
       bg_stop "$RC_PID"
       ;;
-    *) die "unknown system $system (roomcast, peer, ceiling, roomcast1, roomcast-nop99)" ;;
+    *) die "unknown system $system (roomcast, peer, ceiling, roomcast1, roomcast1-wt, roomcast-nop99)" ;;
   esac
 done
 

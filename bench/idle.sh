@@ -5,6 +5,8 @@
 #   roomcast  one gateway (distributed stack: persister + 1 x (fanout + gateway), Redis, secantusd)
 #   peer      one Node peer (bench/peer) on Redis
 #   ceiling   the minimal tokio-tungstenite server (bench/src/bin/ceiling.rs), as a reference
+#   roomcast1, roomcast1-wt  (only when named) the one-process `roomcast`, held by /ws
+#             clients, then by WebTransport ones (loadgen --mode webtransport)
 #
 # The figure is (VmRSS while holding - VmRSS before) / connections held, in KiB, of the
 # server process (/proc/PID/status). The load comes from two loadgen processes, so that
@@ -44,9 +46,10 @@ machine_line | tee "$RUN_DIR/machine.txt" >&2
 RESULTS=$RUN_DIR/idle.tsv
 printf 'system\twanted\tnofile\theld\trss_before_kib\trss_during_kib\trss_after_kib\tkib_per_conn\tconnect_errors\tconnect_p99_ms\n' >"$RESULTS"
 
-# hold SYSTEM PID PORT URL MODE RAMP: the measurement against one server process.
+# hold SYSTEM PID PORT URL MODE RAMP [METRICS_PORT]: the measurement against one server
+# process (METRICS_PORT: its admin port, which counts WebTransport sessions).
 hold() {
-  local system=$1 pid=$2 port=$3 url=$4 mode=$5 ramp=$6
+  local system=$1 pid=$2 port=$3 url=$4 mode=$5 ramp=$6 metrics=${7:-0}
   local half=$((N / 2)) i lgs=() before during=0 after held=0 samples=""
   sleep 2
   before=$(rss_kib "$pid")
@@ -64,7 +67,7 @@ hold() {
   # ramp + 20 s), so the samples fall inside the hold.
   local deadline=$((SECONDS + ramp + 12)) ramp_end=$((SECONDS + ramp)) last=-1 still=0 now
   while ((SECONDS < deadline)) && is_alive "${lgs[0]}"; do
-    now=$(established "$port")
+    now=$(connections "$mode" "$metrics" "$port")
     ((now >= N)) && break
     if ((now == last && SECONDS > ramp_end)); then still=$((still + 1)); else still=0; fi
     ((still >= 10)) && break
@@ -75,7 +78,7 @@ hold() {
   for _ in 1 2 3; do
     local rss conns
     rss=$(rss_kib "$pid")
-    conns=$(established "$port")
+    conns=$(connections "$mode" "$metrics" "$port")
     samples+="$conns:$rss "
     if ((rss > during)); then during=$rss; fi
     if ((conns > held)); then held=$conns; fi
@@ -137,7 +140,19 @@ for system in $SYSTEMS; do
       hold ceiling "$CEILING_PID" "$CEILING_PORT" "http://127.0.0.1:$CEILING_PORT" ws "$RAMP"
       bg_stop "$CEILING_PID"
       ;;
-    *) die "unknown system $system (roomcast, peer, ceiling)" ;;
+    roomcast1 | roomcast1-wt)
+      mode=ws
+      [[ $system == roomcast1-wt ]] && mode=webtransport
+      free_port RC_PORT RC_METRICS
+      rm -rf "$BENCH_TMP/roomcast-data"
+      bg_start "$system" env RUST_LOG=warn $BENCH_RUST_ENV "$(need_bin roomcast)" --listen "127.0.0.1:$RC_PORT" \
+        --metrics-listen "127.0.0.1:$RC_METRICS" --data-dir "$BENCH_TMP/roomcast-data" --drain-seconds 1 \
+        --max-connections-per-ip 0
+      wait_ready "$LAST_PID" "$system" "$RC_PORT" 60
+      hold "$system" "$LAST_PID" "$RC_PORT" "http://127.0.0.1:$RC_PORT" "$mode" "$RAMP" "$RC_METRICS"
+      bg_stop "$LAST_PID"
+      ;;
+    *) die "unknown system $system (roomcast, peer, ceiling, roomcast1, roomcast1-wt)" ;;
   esac
 done
 

@@ -318,6 +318,20 @@ established() {
   ss -Htn state established "( $filter )" 2>/dev/null | wc -l
 }
 
+# connections MODE METRICS_PORT PORT...: client connections open now: TCP ones from ss;
+# WebTransport sessions (UDP, which ss cannot count per session) from the server's own
+# gauge on its admin port METRICS_PORT.
+connections() {
+  local mode=$1 metrics=$2
+  shift 2
+  if [[ $mode == webtransport ]]; then
+    curl -fsS -m 2 "http://127.0.0.1:$metrics/metrics" 2>/dev/null |
+      awk '/^roomcast_gateway_connections\{protocol="webtransport"\}/ { n = int($2) } END { print n + 0 }'
+  else
+    established "$@"
+  fi
+}
+
 # json_get FILE EXPR: a Python expression over the JSON in FILE, bound to `j`.
 json_get() { python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
 
