@@ -4,6 +4,7 @@
 //! `2`/`3`, `40`, `42`), which is all a chat client needs.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context};
 use futures::{SinkExt, StreamExt};
@@ -114,10 +115,39 @@ impl Session {
     }
 }
 
+/// WebTransport connects tried again after the server's HTTP/3 layer aborted them.
+pub static WT_RETRIES: AtomicU64 = AtomicU64::new(0);
+/// Attempts at one WebTransport connect.
+const WT_ATTEMPTS: u32 = 3;
+
+/// True when the server's HTTP/3 layer closed the connection with one of HTTP/3's own
+/// error codes (0x100..=0x110), before roomcast saw the session: wtransport 0.7.2's
+/// driver does so for a small share of connects under load (BENCHMARKS.md, issue 16).
+fn aborted_by_h3(err: &anyhow::Error) -> bool {
+    use wtransport::error::{ConnectingError, ConnectionError};
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ConnectingError>(),
+            Some(ConnectingError::ConnectionError(ConnectionError::ApplicationClosed(close)))
+                if (0x100..=0x110).contains(&close.code().into_inner())
+        )
+    })
+}
+
 impl Client {
     pub async fn connect(base: &url::Url, mode: Mode, user: &str) -> anyhow::Result<Client> {
         if mode == Mode::Webtransport {
-            let session = Session::open(base, user).await?;
+            let mut attempt = 1;
+            let session = loop {
+                match Session::open(base, user).await {
+                    Ok(session) => break session,
+                    Err(err) if attempt < WT_ATTEMPTS && aborted_by_h3(&err) => {
+                        WT_RETRIES.fetch_add(1, Ordering::Relaxed);
+                        attempt += 1;
+                    }
+                    Err(err) => return Err(err),
+                }
+            };
             return Ok(Client { link: Link::Wt(session), mode, user: user.to_owned() });
         }
         let mut url = base.clone();

@@ -159,6 +159,8 @@ pub struct Report {
     pub duration_s: f64,
     pub connected: u64,
     pub connect_errors: u64,
+    /// WebTransport connects tried again (see `client::WT_RETRIES`), not errors.
+    pub connect_retries: u64,
     pub connect_time: Percentiles,
     pub churn_connects: u64,
     pub sent: u64,
@@ -447,6 +449,7 @@ fn account(args: &Args, results: Vec<ClientResult>, churn_connects: u64) -> Repo
         duration_s: args.duration,
         connected,
         connect_errors: args.connections as u64 - connected,
+        connect_retries: crate::client::WT_RETRIES.load(std::sync::atomic::Ordering::Relaxed),
         connect_time: stats::percentiles(&connect),
         churn_connects,
         sent,
@@ -468,7 +471,7 @@ impl Report {
     pub fn summary(&self) -> String {
         format!(
             "loadgen {:?} -> {}\n\
-             connections  {} connected, {} failed; connect p50 {:.1} ms, p99 {:.1} ms; churn {}\n\
+             connections  {} connected, {} failed ({} retried); connect p50 {:.1} ms, p99 {:.1} ms; churn {}\n\
              messages     {} sent, {} acked, {} errors\n\
              deliveries   {} expected, {} received ({} late), {} lost, {} duplicates, {} reordered\n\
              throughput   {:.0} deliveries/s\n\
@@ -477,6 +480,7 @@ impl Report {
             self.targets.join(", "),
             self.connected,
             self.connect_errors,
+            self.connect_retries,
             self.connect_time.p50_ms,
             self.connect_time.p99_ms,
             self.churn_connects,
