@@ -120,16 +120,17 @@ pub static WT_RETRIES: AtomicU64 = AtomicU64::new(0);
 /// Attempts at one WebTransport connect.
 const WT_ATTEMPTS: u32 = 3;
 
-/// True when the server's HTTP/3 layer closed the connection with one of HTTP/3's own
-/// error codes (0x100..=0x110), before roomcast saw the session: wtransport 0.7.2's
-/// driver does so for a small share of connects under load (BENCHMARKS.md, issue 16).
+/// True when the server closed the connection before the session opened, with a code
+/// that is not one of roomcast's (which start at 1000): HTTP/3's own (0x100..=0x110), or
+/// 0. wtransport 0.7.2's server driver does so for a small share of connects under load
+/// (BENCHMARKS.md, issue 16); a browser reconnects.
 fn aborted_by_h3(err: &anyhow::Error) -> bool {
     use wtransport::error::{ConnectingError, ConnectionError};
     err.chain().any(|cause| {
         matches!(
             cause.downcast_ref::<ConnectingError>(),
             Some(ConnectingError::ConnectionError(ConnectionError::ApplicationClosed(close)))
-                if (0x100..=0x110).contains(&close.code().into_inner())
+                if close.code().into_inner() < 1000
         )
     })
 }
