@@ -39,30 +39,26 @@ def dump(path: Path, docs):
     return path
 
 
-@pytest.fixture(scope="session")
-def rendered(tmp_path_factory):
-    """The gke overlay rendered (and proved good: every mutation below breaks it)."""
-    out = tmp_path_factory.mktemp("render") / "gke.yaml"
-    rc, log = check("render", ROOT / "deploy", "gke", out)
+def render(tmp_path_factory, overlay):
+    """An overlay rendered, and proved good: every mutation below breaks it."""
+    out = tmp_path_factory.mktemp("render") / f"{overlay}.yaml"
+    rc, log = check("render", ROOT / "deploy", overlay, out)
     assert rc == 0, log
     docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
     for name in ("refs", "crd-schemas", "k8s-validate"):
-        rc, log = check(name, out, *(["gke"] if name == "refs" else []))
+        rc, log = check(name, out, *([overlay] if name == "refs" else []))
         assert rc == 0, f"good sample fails {name}:\n{log}"
     return docs
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory):
+    return render(tmp_path_factory, "gke")
 
 
 @pytest.fixture(scope="session")
 def rendered_wt(tmp_path_factory):
-    """The gke-webtransport overlay rendered (and proved good, like `rendered`)."""
-    out = tmp_path_factory.mktemp("render") / "gke-webtransport.yaml"
-    rc, log = check("render", ROOT / "deploy", "gke-webtransport", out)
-    assert rc == 0, log
-    docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
-    for name in ("refs", "crd-schemas", "k8s-validate"):
-        rc, log = check(name, out, *(["gke-webtransport"] if name == "refs" else []))
-        assert rc == 0, f"good sample fails {name}:\n{log}"
-    return docs
+    return render(tmp_path_factory, "gke-webtransport")
 
 
 def find(docs, kind, name=None):
