@@ -34,7 +34,8 @@ async fn every_dashboard_query_and_alert_has_data_from_a_live_stack() {
     b.send_raw(Message::Binary(vec![1, 2, 3].into())).await.expect("send");
     // A disconnect (over WebTransport, which samples QUIC's RTT as it ends), and a resend
     // absorbed as a duplicate.
-    let c = Client::connect_query(&stack.wt_url(0), "carol", "user=carol").await.expect("WebTransport session");
+    let mut c = Client::connect_query(&stack.wt_url(0), "carol", "user=carol").await.expect("WebTransport session");
+    c.join(room, None).await;
     c.close().await;
     a.send(room, "hello 0", "a0").await;
     a.wait_for(|f| f["type"] == "ack" && f["client_id"] == "a0").await;
