@@ -11,6 +11,9 @@ mod memory;
 pub mod metrics;
 mod presence;
 mod redis_broker;
+mod redis_keys;
+mod redis_subscriber;
+mod redis_target;
 mod registry;
 mod server;
 
@@ -19,4 +22,5 @@ pub use client::FanoutClient;
 pub use memory::MemoryBroker;
 pub use presence::{is_listed, DirectoryArgs, DirectoryLimits, GATEWAY_TTL, HEARTBEAT_EVERY, MAX_ROOMS_PAGE};
 pub use redis_broker::RedisBroker;
+pub use redis_target::{RedisArgs, RedisTarget};
 pub use server::FanoutService;

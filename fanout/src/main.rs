@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use fanout::{DirectoryArgs, FanoutService, RedisBroker};
+use fanout::{DirectoryArgs, FanoutService, RedisArgs, RedisBroker};
 use roomcast_proto::fanout_server::FanoutServer;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -19,9 +19,8 @@ struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "ROOMCAST_METRICS_LISTEN", default_value = "0.0.0.0:9091")]
     metrics_listen: SocketAddr,
-    /// Redis URL, e.g. redis://:PASSWORD@127.0.0.1:6379/0 (this build has no TLS: no rediss://).
-    #[arg(long, env = "ROOMCAST_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
-    redis: String,
+    #[command(flatten)]
+    redis: RedisArgs,
     #[command(flatten)]
     directory: DirectoryArgs,
 }
@@ -32,7 +31,12 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init_logging("fanout");
     let metrics = telemetry::init_metrics("fanout")?;
     fanout::metrics::describe();
-    let broker = RedisBroker::open(&args.redis, args.directory.limits()?)?;
+    // rediss:// goes through rustls: one crypto provider for the process, the gateway's.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let redis = args.redis.target()?;
+    redis.check().await?;
+    tracing::info!(redis = redis.describe(), cluster = redis.is_cluster(), "Redis configuration checked");
+    let broker = RedisBroker::open(&redis, args.directory.limits()?)?;
     let stop = CancellationToken::new();
     let ready = telemetry::Readiness::new("roomcast_fanout_ready", &[telemetry::STARTING]);
     let admin = telemetry::bind(args.metrics_listen, "metrics").await?;

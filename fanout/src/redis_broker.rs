@@ -1,9 +1,7 @@
-//! The Redis broker: counters are Redis keys, fan-out is Redis pub/sub.
-//!
-//! A room's channel is subscribed only while some link wants the room. When the
-//! subscriber connection drops, it reconnects, resubscribes every wanted room and sends
-//! `Resync` to every link: messages published meanwhile were missed, and the gateways
-//! re-read them from the store.
+//! The Redis broker: counters are Redis keys, fan-out is Redis pub/sub, on one Redis or
+//! a Redis Cluster (sharded pub/sub; every key of a room in its slot, see `redis_keys`).
+//! A room's channels are subscribed only while some link wants the room
+//! (`redis_subscriber`, which also resyncs what a broken subscription missed).
 //!
 //! Presence is a hash per room of `gateway US user -> joined_at` (US: the unit separator,
 //! which user names cannot hold), changed and published by one script so that readers
@@ -12,17 +10,15 @@
 //! names, both in one hash slot.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
-use backoff::BackoffBuilder;
-use futures::StreamExt;
+use futures::future::join_all;
 use prost::Message as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use roomcast_proto::{
-    event::Kind, now_millis, room_signal, ChatMessage, Event, HeartbeatReply, PresenceEntry, Resync, RoomInfo,
-    RoomSignal, RoomTouch, RoomsReply,
+    now_millis, room_signal, ChatMessage, HeartbeatReply, PresenceEntry, RoomInfo, RoomSignal, RoomTouch, RoomsReply,
 };
 use tokio::sync::mpsc;
 
@@ -30,20 +26,14 @@ use crate::broker::{Broker, BrokerError, Link, LINK_CAPACITY};
 use crate::presence::{
     distinct_users, is_listed, signal_kind, touched_at, DirectoryLimits, GATEWAY_TTL, MAX_ROOMS_PAGE, TRIM_BATCH,
 };
-use crate::registry::{LinkId, Registry};
+use crate::redis_keys::{Keys, DIRECTORY_ACTIVE, DIRECTORY_NAMES, GATEWAYS};
+use crate::redis_subscriber::{self, Command, Shared};
+use crate::redis_target::{Connection, RedisTarget};
 
-const SEQ_PREFIX: &str = "roomcast:seq:";
-const CHANNEL_PREFIX: &str = "roomcast:room:";
-const SIGNAL_PREFIX: &str = "roomcast:signal:";
-const PRESENCE_PREFIX: &str = "roomcast:presence:";
-const GATEWAYS: &str = "roomcast:gateways";
-const DIRECTORY_ACTIVE: &str = "roomcast:{directory}:active";
-const DIRECTORY_NAMES: &str = "roomcast:{directory}:names";
 /// A room's presence hash outlives its last change by this long at most, so the hashes
 /// of rooms whose gateways all died do not stay in Redis for ever.
 const PRESENCE_KEY_TTL_SECS: u64 = 86_400;
 const SEPARATOR: char = '\u{1f}';
-const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Allocates the next seq, or nil when the counter is missing (new room or lost state).
 const NEXT_SEQ: &str = r"
@@ -58,7 +48,9 @@ return 1";
 
 /// Applies one gateway's presence change to a room's hash and publishes it.
 /// KEYS[1] the hash; ARGV: gateway, full (0/1), key TTL, number of joins, the signal to
-/// publish, its channel, then user and joined_at per join, then the users that left.
+/// publish, its channel, the publish command, now (ms), then user and joined_at per
+/// join, then the users that left. The field `gateway US` (no user) stamps when the
+/// gateway last announced, so a reader never deletes what a revived gateway just wrote.
 const PRESENCE_CHANGE: &str = r"
 local gw = ARGV[1] .. '\31'
 if ARGV[2] == '1' then
@@ -66,7 +58,8 @@ if ARGV[2] == '1' then
     if string.sub(field, 1, #gw) == gw then redis.call('HDEL', KEYS[1], field) end
   end
 end
-local i = 7
+redis.call('HSET', KEYS[1], gw, ARGV[8])
+local i = 9
 for _ = 1, tonumber(ARGV[4]) do
   redis.call('HSET', KEYS[1], gw .. ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -76,28 +69,30 @@ while i <= #ARGV do
   i = i + 1
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[6], ARGV[5])
+redis.call(ARGV[7], ARGV[6], ARGV[5])
 return 1";
 
-/// KEYS[1] a room's presence hash, KEYS[2] the live gateways; ARGV[1] the oldest live
-/// heartbeat. Answers the live gateways' fields and values, and deletes the others' in
-/// the same step: a gateway that heartbeats again just after cannot lose what it
-/// announces next.
+/// KEYS[1] a room's presence hash; ARGV[1] the oldest live heartbeat, then the live
+/// gateways (read just before: in a cluster they live in another slot). Answers the
+/// live gateways' users and join times, and deletes the entries of gateways that are
+/// neither live nor announced since ARGV[1].
 const PRESENCE_READ: &str = r"
+local live, stamps, answer, dead = {}, {}, {}, {}
+for i = 2, #ARGV do live[ARGV[i]] = true end
 local fields = redis.call('HGETALL', KEYS[1])
-local live, alive, dead = {}, {}, {}
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], -1) == '\31' then stamps[string.sub(fields[i], 1, -2)] = tonumber(fields[i + 1]) end
+end
 for i = 1, #fields, 2 do
   local sep = string.find(fields[i], '\31', 1, true)
   if sep then
     local gw = string.sub(fields[i], 1, sep - 1)
-    if alive[gw] == nil then
-      local beat = redis.call('ZSCORE', KEYS[2], gw)
-      alive[gw] = beat ~= false and tonumber(beat) >= tonumber(ARGV[1])
-    end
-    if alive[gw] then
-      live[#live + 1] = fields[i]
-      live[#live + 1] = fields[i + 1]
-    else
+    if live[gw] then
+      if sep < #fields[i] then
+        answer[#answer + 1] = fields[i]
+        answer[#answer + 1] = fields[i + 1]
+      end
+    elseif (stamps[gw] or 0) < tonumber(ARGV[1]) then
       dead[#dead + 1] = fields[i]
     end
   end
@@ -105,7 +100,7 @@ end
 for i = 1, #dead, 1000 do
   redis.call('HDEL', KEYS[1], unpack(dead, i, math.min(i + 999, #dead)))
 end
-return live";
+return answer";
 
 /// Drops directory rooms idle since ARGV[1] and the oldest beyond ARGV[2] rooms, at most
 /// ARGV[3] per call, with their names; answers the directory's size.
@@ -122,7 +117,8 @@ return redis.call('ZCARD', KEYS[1])";
 
 #[derive(Clone)]
 pub struct RedisBroker {
-    conn: ConnectionManager,
+    conn: Connection,
+    keys: Keys,
     shared: Arc<Shared>,
     next_seq: Arc<redis::Script>,
     seed: Arc<redis::Script>,
@@ -132,39 +128,26 @@ pub struct RedisBroker {
     limits: DirectoryLimits,
 }
 
-struct Shared {
-    registry: Mutex<Registry>,
-    commands: mpsc::UnboundedSender<Command>,
-}
-
-enum Command {
-    Subscribe { room: String, link: LinkId },
-    Unsubscribe { room: String },
-}
-
-impl Shared {
-    fn registry(&self) -> MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
 impl RedisBroker {
-    /// Connects lazily to `url`: the broker starts even while Redis is down, and
+    /// Connects lazily to `target`: the broker starts even while Redis is down, and
     /// [`RedisBroker::is_up`] tells readiness.
-    pub fn open(url: &str, limits: DirectoryLimits) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|err| anyhow::anyhow!("invalid Redis URL {:?}: {err}", without_password(url)))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(TIMEOUT))
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|err| anyhow::anyhow!("cannot set up Redis connection to {url}: {err}"))?;
-        let (commands, command_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared { registry: Mutex::new(Registry::default()), commands });
-        tokio::spawn(subscriber(client, shared.clone(), command_rx));
+    pub fn open(target: &RedisTarget, limits: DirectoryLimits) -> anyhow::Result<Self> {
+        let conn = target.connection()?;
+        let (shared, commands) = Shared::new();
+        if target.is_cluster() {
+            let (pushes, push_rx) = mpsc::unbounded_channel();
+            let subscriber = target.cluster_client(Some(pushes))?.get_pending_async_connection_with_config(
+                redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(crate::redis_target::TIMEOUT)
+                    .set_response_timeout(crate::redis_target::TIMEOUT),
+            );
+            tokio::spawn(redis_subscriber::cluster(subscriber, push_rx, shared.clone(), commands));
+        } else {
+            tokio::spawn(redis_subscriber::single(target.single()?, shared.clone(), commands));
+        }
         Ok(Self {
             conn,
+            keys: Keys::new(target.is_cluster()),
             shared,
             next_seq: Arc::new(redis::Script::new(NEXT_SEQ)),
             seed: Arc::new(redis::Script::new(SEED)),
@@ -191,12 +174,13 @@ impl RedisBroker {
 
     /// The live gateways' entries of a room's presence hash; the dead ones' are deleted.
     async fn entries(&self, room: &str) -> Result<Vec<PresenceEntry>, BrokerError> {
+        let live = self.live_gateways().await?;
         let mut conn = self.conn.clone();
         let fields: Vec<(String, i64)> = self
             .presence_read
-            .key(format!("{PRESENCE_PREFIX}{room}"))
-            .key(GATEWAYS)
+            .key(self.keys.presence(room))
             .arg(now_millis() - ttl_millis())
+            .arg(live.into_iter().collect::<Vec<_>>())
             .invoke_async(&mut conn)
             .await
             .map_err(|err| unavailable("presence", err))?;
@@ -207,10 +191,16 @@ impl RedisBroker {
         Ok(entries.collect())
     }
 
-    /// True when Redis answers a PING.
+    /// True when Redis answers a PING: one Redis, or every primary of the cluster.
     pub async fn is_up(&self) -> bool {
-        let mut conn = self.conn.clone();
-        let up = redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok();
+        let up = match self.conn.clone() {
+            Connection::Single(mut conn) => redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok(),
+            Connection::Cluster(mut conn) => {
+                let all =
+                    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)));
+                conn.route_command(redis::cmd("PING"), all).await.is_ok()
+            }
+        };
         metrics::gauge!("roomcast_fanout_redis_up").set(if up { 1.0 } else { 0.0 });
         up
     }
@@ -229,17 +219,13 @@ fn unavailable(op: &'static str, err: redis::RedisError) -> BrokerError {
 impl Broker for RedisBroker {
     async fn next_seq(&self, room: &str) -> Result<Option<u64>, BrokerError> {
         let mut conn = self.conn.clone();
-        self.next_seq
-            .key(format!("{SEQ_PREFIX}{room}"))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|err| unavailable("next_seq", err))
+        self.next_seq.key(self.keys.seq(room)).invoke_async(&mut conn).await.map_err(|err| unavailable("next_seq", err))
     }
 
     async fn seed(&self, room: &str, floor: u64) -> Result<(), BrokerError> {
         let mut conn = self.conn.clone();
         self.seed
-            .key(format!("{SEQ_PREFIX}{room}"))
+            .key(self.keys.seq(room))
             .arg(floor)
             .invoke_async::<i64>(&mut conn)
             .await
@@ -249,26 +235,29 @@ impl Broker for RedisBroker {
 
     async fn publish(&self, msg: &ChatMessage) -> Result<(), BrokerError> {
         let started = Instant::now();
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        // The directory's ZADD rides along, but its failure never fails the send.
-        pipe.ignore_errors().cmd("PUBLISH").arg(format!("{CHANNEL_PREFIX}{}", msg.room)).arg(msg.encode_to_vec());
-        // A message is activity: it moves its room up the directory.
-        if is_listed(&msg.room) {
-            pipe.cmd("ZADD").arg(DIRECTORY_ACTIVE).arg("GT").arg(now_millis()).arg(&msg.room);
-        }
-        let results = pipe.query_async::<Vec<redis::RedisResult<i64>>>(&mut conn).await;
-        metrics::histogram!("roomcast_fanout_publish_duration_seconds").record(started.elapsed());
-        let (published, touched) = match results {
-            Ok(results) => {
-                let mut results = results.into_iter();
-                (results.next().unwrap_or(Ok(0)), results.next())
+        let (mut conn, mut directory) = (self.conn.clone(), self.conn.clone());
+        let mut publish = redis::cmd(self.keys.publish());
+        publish.arg(self.keys.channel(&msg.room)).arg(msg.encode_to_vec());
+        let publish = publish.query_async::<i64>(&mut conn);
+        // A message is activity: it moves its room up the directory (another slot in a
+        // cluster, so its own command). Its failure never fails the send.
+        let touch = async {
+            if !is_listed(&msg.room) {
+                return Ok(0);
             }
-            Err(err) => (Err(err), None),
+            redis::cmd("ZADD")
+                .arg(DIRECTORY_ACTIVE)
+                .arg("GT")
+                .arg(now_millis())
+                .arg(&msg.room)
+                .query_async::<i64>(&mut directory)
+                .await
         };
+        let (published, touched) = tokio::join!(publish, touch);
+        metrics::histogram!("roomcast_fanout_publish_duration_seconds").record(started.elapsed());
         let outcome = if published.is_ok() { "ok" } else { "error" };
         metrics::counter!("roomcast_fanout_publishes_total", "result" => outcome).increment(1);
-        if let Some(Err(err)) = touched {
+        if let Err(err) = touched {
             metrics::counter!("roomcast_fanout_redis_errors_total", "op" => "touch").increment(1);
             tracing::debug!(%err, room = msg.room, "cannot move a room up the directory");
         }
@@ -306,18 +295,20 @@ impl Broker for RedisBroker {
 
     async fn signal(&self, signal: &RoomSignal) -> Result<(), BrokerError> {
         let mut conn = self.conn.clone();
-        let channel = format!("{SIGNAL_PREFIX}{}", signal.room);
+        let channel = self.keys.signal(&signal.room);
         let payload = signal.encode_to_vec();
         let result = match &signal.kind {
             Some(room_signal::Kind::Presence(change)) => {
-                let mut script = self.presence_change.key(format!("{PRESENCE_PREFIX}{}", signal.room));
+                let mut script = self.presence_change.key(self.keys.presence(&signal.room));
                 script
                     .arg(&signal.gateway)
                     .arg(if change.full { "1" } else { "0" })
                     .arg(PRESENCE_KEY_TTL_SECS)
                     .arg(change.joins.len())
                     .arg(payload)
-                    .arg(channel);
+                    .arg(channel)
+                    .arg(self.keys.publish())
+                    .arg(now_millis());
                 for join in &change.joins {
                     script.arg(&join.user).arg(join.joined_at);
                 }
@@ -327,7 +318,7 @@ impl Broker for RedisBroker {
                 script.invoke_async::<i64>(&mut conn).await.map(drop)
             }
             Some(room_signal::Kind::Typing(_)) => {
-                redis::cmd("PUBLISH").arg(channel).arg(payload).query_async::<i64>(&mut conn).await.map(drop)
+                redis::cmd(self.keys.publish()).arg(channel).arg(payload).query_async::<i64>(&mut conn).await.map(drop)
             }
             None => return Ok(()),
         };
@@ -391,11 +382,15 @@ impl Broker for RedisBroker {
         for touch in rooms.iter().filter(|t| !t.name.is_empty()) {
             pipe.cmd("HSET").arg(DIRECTORY_NAMES).arg(&touch.room).arg(&touch.name).ignore();
         }
-        // A room with members keeps its presence hash, however long nobody comes or goes.
-        for touch in rooms.iter().filter(|t| t.keepalive) {
-            pipe.cmd("EXPIRE").arg(format!("{PRESENCE_PREFIX}{}", touch.room)).arg(PRESENCE_KEY_TTL_SECS).ignore();
-        }
-        pipe.query_async::<()>(&mut conn).await.map_err(|err| unavailable("touch", err))
+        pipe.query_async::<()>(&mut conn).await.map_err(|err| unavailable("touch", err))?;
+        // A room with members keeps its presence hash, however long nobody comes or goes
+        // (each hash in its room's slot, so one command per room).
+        let expires = rooms.iter().filter(|t| t.keepalive).map(|touch| {
+            let mut conn = self.conn.clone();
+            let key = self.keys.presence(&touch.room);
+            async move { redis::cmd("EXPIRE").arg(key).arg(PRESENCE_KEY_TTL_SECS).query_async::<i64>(&mut conn).await }
+        });
+        join_all(expires).await.into_iter().try_for_each(|r| r.map(drop)).map_err(|err| unavailable("touch", err))
     }
 
     async fn rooms(&self, offset: u32, limit: u32) -> Result<RoomsReply, BrokerError> {
@@ -427,11 +422,13 @@ impl Broker for RedisBroker {
             .await
             .map_err(|err| unavailable("rooms", err))?;
         let live = self.live_gateways().await?;
-        let mut hashes = redis::pipe();
-        for (room, _) in &page {
-            hashes.cmd("HKEYS").arg(format!("{PRESENCE_PREFIX}{room}"));
-        }
-        let fields: Vec<Vec<String>> = hashes.query_async(&mut conn).await.map_err(|err| unavailable("rooms", err))?;
+        let hashes = page.iter().map(|(room, _)| {
+            let mut conn = self.conn.clone();
+            let key = self.keys.presence(room);
+            async move { redis::cmd("HKEYS").arg(key).query_async::<Vec<String>>(&mut conn).await }
+        });
+        let fields: Vec<Vec<String>> =
+            join_all(hashes).await.into_iter().collect::<Result<_, _>>().map_err(|err| unavailable("rooms", err))?;
         let rooms = page
             .into_iter()
             .zip(names)
@@ -440,6 +437,7 @@ impl Broker for RedisBroker {
                 let entries: Vec<PresenceEntry> = fields
                     .iter()
                     .filter_map(|field| field.split_once(SEPARATOR))
+                    .filter(|(_, user)| !user.is_empty())
                     .map(|(gateway, user)| PresenceEntry { user: user.into(), joined_at: 0, gateway: gateway.into() })
                     .collect();
                 let members = distinct_users(&entries, &live);
@@ -452,117 +450,4 @@ impl Broker for RedisBroker {
 
 fn ttl_millis() -> i64 {
     i64::try_from(GATEWAY_TTL.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Owns the pub/sub connection for the broker's lifetime, reconnecting forever.
-async fn subscriber(client: redis::Client, shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
-    let mut connected_before = false;
-    let mut delays = backoff::reconnect().build();
-    loop {
-        let pubsub = match client.get_async_pubsub().await {
-            Ok(pubsub) => pubsub,
-            Err(err) => {
-                metrics::gauge!("roomcast_fanout_redis_up").set(0.0);
-                let delay = delays.next().unwrap_or(Duration::from_secs(2));
-                tracing::warn!(%err, ?delay, "Redis subscriber cannot connect; retrying");
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-        };
-        let (mut sink, mut stream) = pubsub.split();
-        let rooms = shared.registry().rooms();
-        if let Err(err) = subscribe_all(&mut sink, &rooms).await {
-            let delay = delays.next().unwrap_or(Duration::from_secs(2));
-            tracing::warn!(%err, ?delay, "Redis resubscribe failed; reconnecting");
-            tokio::time::sleep(delay).await;
-            continue;
-        }
-        delays = backoff::reconnect().build();
-        metrics::gauge!("roomcast_fanout_redis_up").set(1.0);
-        if connected_before {
-            metrics::counter!("roomcast_fanout_redis_reconnects_total").increment(1);
-            tracing::info!(rooms = rooms.len(), "Redis subscriber reconnected; asking gateways to resync");
-            shared.registry().broadcast(Kind::Resync(Resync {}));
-        }
-        connected_before = true;
-        loop {
-            tokio::select! {
-                command = commands.recv() => {
-                    let Some(command) = command else { return };
-                    if let Err(err) = apply(&mut sink, &shared, command).await {
-                        tracing::warn!(%err, "Redis subscription change failed; reconnecting");
-                        break;
-                    }
-                }
-                msg = stream.next() => {
-                    let Some(msg) = msg else {
-                        tracing::warn!("Redis subscriber connection lost; reconnecting");
-                        break;
-                    };
-                    let channel = msg.get_channel_name();
-                    let decoded = if channel.starts_with(SIGNAL_PREFIX) {
-                        RoomSignal::decode(msg.get_payload_bytes()).map(|signal| shared.registry().signal(&signal))
-                    } else {
-                        ChatMessage::decode(msg.get_payload_bytes()).map(|chat| shared.registry().deliver(&chat))
-                    };
-                    if let Err(err) = decoded {
-                        tracing::warn!(%err, channel, "undecodable message on Redis channel");
-                    }
-                }
-            }
-        }
-        metrics::gauge!("roomcast_fanout_redis_up").set(0.0);
-        metrics::counter!("roomcast_fanout_redis_errors_total", "op" => "subscribe").increment(1);
-    }
-}
-
-async fn subscribe_all(sink: &mut PubSubSink, rooms: &[String]) -> redis::RedisResult<()> {
-    for room in rooms {
-        sink.subscribe(channels(room)).await?;
-    }
-    Ok(())
-}
-
-/// A room's two channels: its messages and its signals.
-fn channels(room: &str) -> Vec<String> {
-    vec![format!("{CHANNEL_PREFIX}{room}"), format!("{SIGNAL_PREFIX}{room}")]
-}
-
-async fn apply(sink: &mut PubSubSink, shared: &Shared, command: Command) -> redis::RedisResult<()> {
-    match command {
-        Command::Subscribe { room, link } => {
-            sink.subscribe(channels(&room)).await?;
-            shared.registry().send(link, Event { kind: Some(Kind::Subscribed(room)) });
-        }
-        Command::Unsubscribe { room } => {
-            // A link may have asked for the room again meanwhile.
-            if shared.registry().subscribers(&room).is_empty() {
-                sink.unsubscribe(channels(&room)).await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The URL with its user and password masked, for messages that reach logs.
-fn without_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod url_tests {
-    use super::without_password;
-
-    #[test]
-    fn passwords_never_reach_error_messages() {
-        assert_eq!(without_password("redis://:s3cret@cache:6379/0"), "redis://***@cache:6379/0");
-        assert_eq!(without_password("redis://user:p@ss@cache"), "redis://***@cache");
-        assert_eq!(without_password("redis://cache:6379"), "redis://cache:6379");
-        assert!(crate::RedisBroker::open("rediss://:s3cret@cache", Default::default())
-            .err()
-            .is_some_and(|e| !e.to_string().contains("s3cret")));
-    }
 }
