@@ -197,7 +197,7 @@ async fn inject(fault: Fault, stack: &mut Stack, burst_urls: &[String]) -> Vec<O
             tokio::time::sleep(Duration::from_secs(3)).await;
             tokio::task::block_in_place(|| stack.gateways[1].start());
         }
-        Fault::Redis => tokio::task::block_in_place(|| stack.redis.restart()),
+        Fault::Redis => tokio::task::block_in_place(|| stack.redis().restart()),
         Fault::Mongo => {
             let down = Instant::now();
             tokio::task::block_in_place(|| stack.mongo.proc.terminate(Duration::from_secs(10)));

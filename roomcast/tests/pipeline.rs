@@ -121,7 +121,7 @@ async fn redis_restart_loses_no_acked_message() {
     let mut sent = 0;
     for phase in 0..3 {
         if phase == 1 {
-            stack.redis.restart();
+            stack.redis().restart();
         }
         for n in 0..10 {
             let client_id = format!("w{phase}-{n}");

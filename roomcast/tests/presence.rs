@@ -966,7 +966,7 @@ async fn presence_is_never_stored() {
     use futures::TryStreamExt;
     use mongodb::bson::{doc, Bson, Document};
 
-    let stack = Stack::start("presence-store", 2);
+    let mut stack = Stack::start("presence-store", 2);
     let (talk, quiet) = ("talk-room", "quiet-room");
     let mut ada = Client::connect(&stack.ws_url(0), "ada").await;
     ada.join(talk, None).await;
@@ -1050,7 +1050,7 @@ async fn presence_is_never_stored() {
         assert_eq!(stored.get(room).map(Vec::as_slice), Some([(1, false)].as_slice()), "stored in {room}: {stored:?}");
     }
     // Redis: typing is only published, never kept.
-    let keys = redis_keys(stack.redis.port);
+    let keys = redis_keys(stack.redis().port);
     assert!(!keys.iter().any(|k| k.to_lowercase().contains("typing")), "typing kept in Redis: {keys:?}");
 }
 

@@ -61,7 +61,7 @@ async fn a_store_or_redis_outage_leaves_every_tier_ready_and_clients_connected()
         };
         tokio::task::block_in_place(|| match outage {
             Outage::Store => drop(stack.mongo.proc.terminate(Duration::from_secs(10))),
-            Outage::Redis => stack.redis.proc.kill(),
+            Outage::Redis => stack.redis().proc.kill(),
         });
         // The outage shows where an SRE looks: the gauge drops to 0.
         let seen = Instant::now();
@@ -86,8 +86,8 @@ async fn a_store_or_redis_outage_leaves_every_tier_ready_and_clients_connected()
                 wait_port(stack.mongo.port, "secantusd-py", Duration::from_secs(60));
             }
             Outage::Redis => {
-                stack.redis.proc.start();
-                wait_port(stack.redis.port, "redis-server", Duration::from_secs(10));
+                stack.redis().proc.start();
+                wait_port(stack.redis().port, "redis-server", Duration::from_secs(10));
             }
         });
         // The same connection carries on (a closed one would fail the send or the wait).

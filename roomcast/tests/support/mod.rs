@@ -17,6 +17,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::codec::{FramedRead, LinesCodec};
 
+mod redis_servers;
+#[allow(unused_imports)]
+pub use redis_servers::{tls_files, Redis, RedisCluster, RedisSetup};
+
 /// A port nothing listens on, never handed out twice in this test process (the OS may
 /// offer a just-released port again).
 pub fn free_port() -> u16 {
@@ -93,6 +97,10 @@ impl Proc {
         self.child = Some(child);
     }
 
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -144,37 +152,6 @@ pub fn wait_port(port: u16, what: &str, limit: Duration) {
     panic!("{what} did not listen on port {port} within {limit:?}; see test-output/logs");
 }
 
-pub struct Redis {
-    pub port: u16,
-    pub proc: Proc,
-}
-
-impl Redis {
-    pub fn start(name: &str) -> Redis {
-        let port = free_port();
-        let program = which("redis-server").unwrap_or_else(|| panic!("redis-server is not installed: {SETUP}"));
-        let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>();
-        let proc = Proc::spawn(name, &program, &args);
-        wait_port(port, "redis-server", Duration::from_secs(10));
-        Redis { port, proc }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kill and start again: Redis comes back empty (no persistence), as after a crash.
-    pub fn restart(&mut self) {
-        self.proc.kill();
-        std::thread::sleep(Duration::from_millis(300));
-        self.proc.start();
-        wait_port(self.port, "redis-server", Duration::from_secs(10));
-    }
-}
-
 pub struct Mongo {
     pub port: u16,
     pub proc: Proc,
@@ -217,7 +194,7 @@ impl Mongo {
 
 /// persister + N × (fanout, gateway) over one Redis and one MongoDB-wire server.
 pub struct Stack {
-    pub redis: Redis,
+    pub broker: RedisSetup,
     pub mongo: Mongo,
     pub database: String,
     pub persister: Proc,
@@ -235,18 +212,30 @@ impl Stack {
 
     /// As [`Stack::start`], with extra flags for the persister.
     pub fn start_with(test: &str, gateways: usize, persister_args: &[&str]) -> Stack {
-        Stack::start_from(test, gateways, persister_args, None)
+        let redis = RedisSetup::Single(Redis::start(&format!("{test}-redis")));
+        Stack::start_from(test, gateways, persister_args, None, redis)
+    }
+
+    /// As [`Stack::start`], on the given Redis (TLS, or a cluster).
+    pub fn start_on(test: &str, gateways: usize, redis: RedisSetup) -> Stack {
+        Stack::start_from(test, gateways, &[], None, redis)
     }
 
     /// As [`Stack::start`], with the fanout and persister binaries from `upstream_bins`
     /// (another release's), and this commit's gateways: a rolling upgrade's skew.
     pub fn start_skewed(test: &str, gateways: usize, upstream_bins: &Path) -> Stack {
-        Stack::start_from(test, gateways, &[], Some(upstream_bins))
+        let redis = RedisSetup::Single(Redis::start(&format!("{test}-redis")));
+        Stack::start_from(test, gateways, &[], Some(upstream_bins), redis)
     }
 
-    fn start_from(test: &str, gateways: usize, persister_args: &[&str], upstream_bins: Option<&Path>) -> Stack {
+    fn start_from(
+        test: &str,
+        gateways: usize,
+        persister_args: &[&str],
+        upstream_bins: Option<&Path>,
+        broker: RedisSetup,
+    ) -> Stack {
         let upstream = |name: &str| upstream_bins.map_or_else(|| bin(name), |dir| dir.join(name));
-        let redis = Redis::start(&format!("{test}-redis"));
         let mongo = Mongo::start(&format!("{test}-mongo"));
         let database = format!("roomcast_{test}");
         let mut metrics_ports = HashMap::new();
@@ -271,7 +260,7 @@ impl Stack {
             .collect::<Vec<String>>(),
         );
         let mut stack = Stack {
-            redis,
+            broker,
             mongo,
             database,
             persister,
@@ -308,9 +297,10 @@ impl Stack {
                 format!("127.0.0.1:{fanout_port}"),
                 "--metrics-listen".into(),
                 format!("127.0.0.1:{fm}"),
-                "--redis".into(),
-                self.redis.url(),
-            ],
+            ]
+            .into_iter()
+            .chain(self.broker.fanout_args())
+            .collect::<Vec<String>>(),
         ));
         self.gateways.push(Proc::spawn(
             &format!("{test}-gateway-{i}"),
@@ -333,6 +323,14 @@ impl Stack {
             ],
         ));
         self.gateway_ports.push(gport);
+    }
+
+    /// The stack's one Redis; panics on a cluster stack.
+    pub fn redis(&mut self) -> &mut Redis {
+        match &mut self.broker {
+            RedisSetup::Single(redis) => redis,
+            RedisSetup::Cluster(_) => panic!("this stack runs on a Redis Cluster, not one Redis"),
+        }
     }
 
     pub fn ws_url(&self, gateway: usize) -> String {
