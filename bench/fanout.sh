@@ -11,6 +11,8 @@
 #   ceiling   the minimal tokio-tungstenite broadcast server (one process, no gRPC/Redis/
 #             store): the known answer loadgen is checked against, run first
 #   roomcast  persister + 2 x (fanout + gateway) on one redis-server and one secantusd-py
+#   roomcast-cluster  (only when named) the same on a 3-primary Redis Cluster (sharded
+#             pub/sub), with each shard's CPU
 #   roomcast1 the one-process `roomcast` binary (in-memory broker, on-disk redb store)
 #   roomcast1-wt  (only when named) the same, with loadgen --mode webtransport (QUIC)
 #   peer      2 x the Node peer (bench/peer: socket.io 4 + redis adapter) on one redis-server
@@ -199,6 +201,16 @@ for system in $SYSTEMS; do
       STEP_METRICS=""
       stop_stack
       ;;
+    roomcast-cluster)
+      STACK_TAG="cluster-"
+      start_redis_cluster cluster-redis
+      start_roomcast cluster
+      STEP_GROUPS="${STEP_GROUPS/ redis:$REDIS_PID/} shard0:${REDIS_SHARD_PIDS[0]} shard1:${REDIS_SHARD_PIDS[1]} shard2:${REDIS_SHARD_PIDS[2]}"
+      log "== roomcast-cluster: 2 gateways + 2 fanouts + persister on a 3-primary Redis Cluster, loadgen --mode ws"
+      step_system roomcast-cluster ws 0 "$RATES"
+      STEP_METRICS=""
+      stop_stack
+      ;;
     roomcast-nop99)
       # A second figure, not the headline: how far the distributed stack goes without loss
       # or errors when p99 is not limited, from the rate where the headline stopped. It
@@ -243,7 +255,7 @@ for system in $SYSTEMS; do
       STEP_METRICS=""
       bg_stop "$RC_PID"
       ;;
-    *) die "unknown system $system (roomcast, peer, ceiling, roomcast1, roomcast1-wt, roomcast-nop99)" ;;
+    *) die "unknown system $system (roomcast, roomcast-cluster, peer, ceiling, roomcast1, roomcast1-wt, roomcast-nop99)" ;;
   esac
 done
 

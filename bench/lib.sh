@@ -178,6 +178,33 @@ start_redis() {
   wait_port "$REDIS_PID" "$name" "$REDIS_PORT"
 }
 
+# start_redis_cluster NAME -> a Redis Cluster of 3 primaries (no replicas: on two cores
+# they would only take CPU from the shards being measured). Sets REDIS_CLUSTER_SEEDS
+# (comma separated redis:// URLs), REDIS_SHARD_PIDS (one per primary) and REDIS_PID (the
+# first, so start_stack does not start a plain Redis).
+start_redis_cluster() {
+  local name=$1 i port bus nodes=()
+  REDIS_SHARD_PIDS=() REDIS_CLUSTER_SEEDS=""
+  for i in 0 1 2; do
+    free_port port bus
+    mkdir -p "$BENCH_TMP/$name-$i"
+    bg_start "$name-$i" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+      --dir "$BENCH_TMP/$name-$i" --protected-mode yes --cluster-enabled yes --cluster-port "$bus"
+    REDIS_SHARD_PIDS+=("$LAST_PID")
+    wait_port "$LAST_PID" "$name-$i" "$port"
+    nodes+=("127.0.0.1:$port")
+    REDIS_CLUSTER_SEEDS+="${REDIS_CLUSTER_SEEDS:+,}redis://127.0.0.1:$port"
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-yes >"$RUN_DIR/logs/$name-create.log" 2>&1 ||
+    die "redis-cli --cluster create failed; see ${RUN_DIR#"$ROOT"/}/logs/$name-create.log"
+  local deadline=$((SECONDS + 30))
+  until redis-cli -p "${nodes[0]#*:}" cluster info | grep -q 'cluster_state:ok'; do
+    ((SECONDS < deadline)) || die "the Redis Cluster $name is not ok after 30 s"
+    sleep 0.2
+  done
+  REDIS_PID=${REDIS_SHARD_PIDS[0]}
+}
+
 # start_mongo NAME -> sets MONGO_PORT, MONGO_URI, MONGO_PID (a fresh secantusd-py store).
 start_mongo() {
   local name=$1
@@ -222,8 +249,10 @@ start_stack() {
   local urls=()
   for ((i = 0; i < n; i++)); do
     free_port fport fmetrics gport gmetrics
+    local redis_flag=(--redis "${REDIS_URL:-}")
+    [[ -z ${REDIS_CLUSTER_SEEDS:-} ]] || redis_flag=(--redis-cluster "$REDIS_CLUSTER_SEEDS")
     bg_start "${tag}fanout-$i" env RUST_LOG=warn $BENCH_RUST_ENV "$fanout_bin" --listen "127.0.0.1:$fport" \
-      --metrics-listen "127.0.0.1:$fmetrics" --redis "$REDIS_URL"
+      --metrics-listen "127.0.0.1:$fmetrics" "${redis_flag[@]}"
     FANOUT_PIDS+=("$LAST_PID")
     FANOUT_METRICS_PORTS+=("$fmetrics")
     wait_port "$LAST_PID" "${tag}fanout-$i" "$fport"
@@ -239,7 +268,7 @@ start_stack() {
     wait_ready "${GATEWAY_PIDS[i]}" "${tag}gateway-$i" "${GATEWAY_PORTS[i]}" 90
   done
   GATEWAY_URLS=$(IFS=,; echo "${urls[*]}")
-  log "roomcast stack ready: $n x (gateway + fanout), persister, redis :$REDIS_PORT, secantusd :$MONGO_PORT"
+  log "roomcast stack ready: $n x (gateway + fanout), persister, redis ${REDIS_CLUSTER_SEEDS:-:${REDIS_PORT:-}}, secantusd :$MONGO_PORT"
 }
 
 # stop_stack: stops everything start_stack started (and the store and redis under it).
@@ -248,9 +277,9 @@ stop_stack() {
   bg_stop "${FANOUT_PIDS[@]}"
   bg_stop "$PERSISTER_PID"
   bg_stop "$MONGO_PID"
-  bg_stop "$REDIS_PID"
-  GATEWAY_PIDS=() FANOUT_PIDS=()
-  unset PERSISTER_PID MONGO_PID REDIS_PID REDIS_URL PERSISTER_URL
+  if [[ -n ${REDIS_CLUSTER_SEEDS:-} ]]; then bg_stop "${REDIS_SHARD_PIDS[@]}"; else bg_stop "$REDIS_PID"; fi
+  GATEWAY_PIDS=() FANOUT_PIDS=() REDIS_SHARD_PIDS=()
+  unset PERSISTER_PID MONGO_PID REDIS_PID REDIS_URL PERSISTER_URL REDIS_CLUSTER_SEEDS
 }
 
 # ensure_peer_deps: npm ci in bench/peer when its node_modules is missing or stale.
