@@ -210,7 +210,8 @@ impl Stack {
         Stack::start_with(test, gateways, &[])
     }
 
-    /// As [`Stack::start`], with extra flags for the persister.
+    /// As [`Stack::start`], with extra flags for the persister; `{mongo}` in them is the
+    /// MongoDB-wire server's host:port, and a `--mongodb` among them replaces the default.
     pub fn start_with(test: &str, gateways: usize, persister_args: &[&str]) -> Stack {
         let redis = RedisSetup::Single(Redis::start(&format!("{test}-redis")));
         Stack::start_from(test, gateways, persister_args, None, redis)
@@ -250,13 +251,12 @@ impl Stack {
                 format!("127.0.0.1:{persister_port}"),
                 "--metrics-listen".into(),
                 format!("127.0.0.1:{m}"),
-                "--mongodb".into(),
-                mongo.uri(),
                 "--database".into(),
                 database.clone(),
             ]
             .into_iter()
-            .chain(persister_args.iter().map(|a| a.to_string()))
+            .chain(if persister_args.contains(&"--mongodb") { vec![] } else { vec!["--mongodb".into(), mongo.uri()] })
+            .chain(persister_args.iter().map(|a| a.replace("{mongo}", &format!("127.0.0.1:{}", mongo.port))))
             .collect::<Vec<String>>(),
         );
         let mut stack = Stack {
