@@ -35,8 +35,18 @@ Checks (each failure is one line, exit 1 if any):
                       are told (https://HOST[:PORT]/wt) a UDP port of a LoadBalancer
                       Service to that listener and not the Ingress's host, and a
                       NetworkPolicy that lets UDP in
+  redis               the fanout: not both ROOMCAST_REDIS_URL and
+                      ROOMCAST_REDIS_CLUSTER (it exits with a usage error); a
+                      ROOMCAST_REDIS_CA file in a read-only ConfigMap or Secret
+                      volume that holds it, and only with rediss:// URLs; where the
+                      gateway is public (GKE), TLS with a CA; every Redis address
+                      that is an IP (from the rendered Secret) reachable on its
+                      port through the NetworkPolicies, and for a cluster also the
+                      shards' node ports (Memorystore: 11000-13047)
 """
 import argparse
+import base64
+import ipaddress
 import json
 import sys
 from pathlib import Path
@@ -56,6 +66,9 @@ FANOUT_GRPC_PORT = 50051
 PERSISTER_GRPC_PORT = 50052
 DEFAULT_DRAIN_SECONDS = 20  # gateway --drain-seconds default
 MIN_WEBSOCKET_TIMEOUT = 3600  # BackendConfig timeoutSec: hours, not 300 s
+# Memorystore for Redis Cluster: the shards' nodes listen on these ports of its PSC
+# endpoints (the discovery endpoint on 6379); a client must reach all of them.
+MEMORYSTORE_CLUSTER_NODE_PORTS = (11000, 13047)
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
 
 
@@ -464,9 +477,7 @@ class Checker:
                 and self.matches((s.get("spec") or {}).get("selector"), self.pod_labels(w))]
 
     def public_front_door(self):
-        gateways = [w for w in self.workloads()
-                    if any(c["name"] == "gateway" for c in self.pod_spec(w).get("containers") or [])]
-        if not self.of("Ingress") and not any(self.gateway_load_balancers(w) for w in gateways):
+        if not self.is_public():
             return  # not public: the dev overlay
         for w in self.workloads():
             for c in self.pod_spec(w).get("containers") or []:
@@ -592,8 +603,127 @@ class Checker:
                     self.fail("webtransport", f"{where}: no NetworkPolicy allows UDP {lport} in: WebTransport clients "
                               "would be dropped")
 
+    def secret_value(self, w, ref):
+        """The value of a secretKeyRef in the rendered Secret (None if not there)."""
+        sec = self.find("Secret", ref["name"], self.ns(w))
+        if sec is None:
+            return None
+        if ref["key"] in (sec.get("stringData") or {}):
+            return str(sec["stringData"][ref["key"]])
+        raw = (sec.get("data") or {}).get(ref["key"])
+        try:
+            return base64.b64decode(raw).decode() if raw is not None else None
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def env_resolved(self, w, c, var):
+        """env_value, with Secret keys read from the rendered Secret; None if unknown."""
+        for e in c.get("env") or []:
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if e["name"] == var and ref:
+                return self.secret_value(w, ref)
+        return self.env_value(w, c, var)
+
+    def file_in_volume(self, w, c, path):
+        """Where `path` of container c comes from: (mount, volume) of the longest mount prefix."""
+        mounts = [m for m in c.get("volumeMounts") or [] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        m = max(mounts, key=lambda m: len(m["mountPath"]), default=None)
+        if m is None:
+            return None, None
+        vol = next((v for v in self.pod_spec(w).get("volumes") or [] if v["name"] == m["name"]), None)
+        return m, vol
+
+    def egress_allows(self, w, ip, lo, hi):
+        """Some NetworkPolicy selecting w's pods lets TCP out to `ip` on every port lo..hi."""
+        addr = ipaddress.ip_address(ip)
+        for np_ in self.of("NetworkPolicy"):
+            spec = np_.get("spec") or {}
+            types = spec.get("policyTypes") or (["Ingress", "Egress"] if spec.get("egress") else ["Ingress"])
+            if self.ns(np_) != self.ns(w) or "Egress" not in types:
+                continue
+            if not self.matches(spec.get("podSelector") or {}, self.pod_labels(w)):
+                continue
+            for rule in spec.get("egress") or []:
+                peers = rule.get("to")
+                to_ip = not peers or any(
+                    "ipBlock" in peer and addr in ipaddress.ip_network(peer["ipBlock"]["cidr"], strict=False)
+                    and not any(addr in ipaddress.ip_network(x, strict=False) for x in peer["ipBlock"].get("except") or [])
+                    for peer in peers)
+                ports = rule.get("ports")
+                covered = not ports or any(
+                    p.get("protocol", "TCP") == "TCP" and isinstance(p.get("port"), int)
+                    and p["port"] <= lo and p.get("endPort", p["port"]) >= hi for p in ports)
+                if to_ip and covered:
+                    return True
+        return False
+
+    def is_public(self):
+        gateways = [w for w in self.workloads()
+                    if any(c["name"] == "gateway" for c in self.pod_spec(w).get("containers") or [])]
+        return bool(self.of("Ingress")) or any(self.gateway_load_balancers(w) for w in gateways)
+
+    def redis(self):
+        public = self.is_public()
+        for w in self.workloads():
+            for c in self.all_containers(w):
+                if c["name"] != "fanout":
+                    continue
+                where = f"{w['kind']} {self.name(w)}/fanout"
+                names = {e["name"] for e in c.get("env") or []}
+                if {"ROOMCAST_REDIS_URL", "ROOMCAST_REDIS_CLUSTER"} <= names:
+                    self.fail("redis", f"{where}: sets both ROOMCAST_REDIS_URL and ROOMCAST_REDIS_CLUSTER: the fanout "
+                              "exits with a usage error (a cluster overlay must drop ROOMCAST_REDIS_URL)")
+                    continue
+                cluster = "ROOMCAST_REDIS_CLUSTER" in names
+                var = "ROOMCAST_REDIS_CLUSTER" if cluster else "ROOMCAST_REDIS_URL"
+                raw = self.env_resolved(w, c, var) if var in names else "redis://127.0.0.1:6379"
+                urls = [u.strip() for u in raw.split(",") if u.strip()] if raw is not None else []
+                ca = self.env_value(w, c, "ROOMCAST_REDIS_CA")
+                if ca:
+                    m, vol = self.file_in_volume(w, c, ca)
+                    src = (vol or {}).get("configMap") or (vol or {}).get("secret")
+                    if m is None or m.get("readOnly") is not True or src is None:
+                        self.fail("redis", f"{where}: ROOMCAST_REDIS_CA {ca} is not in a read-only ConfigMap or "
+                                  "Secret volume")
+                    else:
+                        kind, oname = ("ConfigMap", src.get("name")) if "configMap" in vol else \
+                            ("Secret", src.get("secretName"))
+                        obj = self.find(kind, oname, self.ns(w))
+                        rel = ca[len(m["mountPath"].rstrip("/")) + 1:]
+                        items = {i["path"]: i["key"] for i in src.get("items") or []}
+                        key = items.get(rel, None if items else rel)
+                        if obj is None:
+                            if not src.get("optional"):
+                                self.fail("redis", f"{where}: ROOMCAST_REDIS_CA comes from {kind} {oname}, which "
+                                          "does not exist")
+                        elif key not in (obj.get("data") or {}) and key not in (obj.get("binaryData") or {}) \
+                                and key not in (obj.get("stringData") or {}):
+                            self.fail("redis", f"{where}: ROOMCAST_REDIS_CA {ca}: {kind} {oname} has no key {rel}")
+                    plain = [u for u in urls if not u.startswith("rediss://")]
+                    if plain:
+                        self.fail("redis", f"{where}: ROOMCAST_REDIS_CA is set but {var} is not rediss:// "
+                                  f"({plain[0].split('://')[0]}://): the fanout exits at start")
+                if public and not ca:
+                    self.fail("redis", f"{where}: the gateway is public, but the fanout has no ROOMCAST_REDIS_CA: "
+                              "production Redis (Memorystore) is reached over TLS, verified with its own CA")
+                for u in urls:
+                    try:
+                        parsed = urlsplit(u)
+                        host, port = parsed.hostname, parsed.port or 6379
+                        ipaddress.ip_address(host or "")
+                    except ValueError:
+                        continue  # a host name (dev: the redis Service) or no host: nothing to compare
+                    if not self.egress_allows(w, host, port, port):
+                        self.fail("redis", f"{where}: no NetworkPolicy lets the gateway pods out to Redis at "
+                                  f"{host}:{port} ({var})")
+                    lo, hi = MEMORYSTORE_CLUSTER_NODE_PORTS
+                    if cluster and not self.egress_allows(w, host, lo, hi):
+                        self.fail("redis", f"{where}: no NetworkPolicy lets the gateway pods out to the Redis "
+                                  f"Cluster's node ports {lo}-{hi} at {host} (Memorystore's shards)")
+
     CHECKS = ("service_selectors", "ingress_backends", "backend_config", "hpa_pdb_targets", "monitor_targets",
-              "netpol_selectors", "config_refs", "probes", "drain", "hardening", "public_front_door", "webtransport")
+              "netpol_selectors", "config_refs", "probes", "drain", "hardening", "public_front_door", "webtransport",
+              "redis")
 
     def run(self):
         for c in self.CHECKS:

@@ -25,7 +25,7 @@ VENV="$ROOT/.tools/venv-deploy"
 CHECKOV_VENV="$VENV/checkov"
 PY="$VENV/bin/python"
 K8S_VERSION="1.34.0" # the Kubernetes minor the manifests target (GKE REGULAR channel)
-OVERLAYS=(gke gke-webtransport dev)
+OVERLAYS=(gke gke-webtransport gke-redis-cluster dev)
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 CHECKOV_RUN_SCA_PACKAGE_SCAN_V2=false \
   BC_SKIP_MAPPING=TRUE CHECKOV_NO_OUTPUT=false LOG_LEVEL=WARNING
 
@@ -66,13 +66,14 @@ chk_yamllint() { # DIR...
 }
 
 chk_render() { # DEPLOY_DIR OVERLAY OUT
-  # Renders a copy of DEPLOY_DIR: every overlay whose gitignored secrets.env is
-  # missing (a fresh clone, CI) gets its committed secrets.env.example instead,
-  # the rendered one and those it builds on (gke-webtransport on gke).
+  # Renders a copy of DEPLOY_DIR: every gitignored file of an overlay that is
+  # missing (a fresh clone, CI) is replaced by its committed stand-in FILE.example
+  # (secrets.env, gke's redis-ca.pem), in the rendered overlay and in those it
+  # builds on (gke-webtransport and gke-redis-cluster on gke).
   local src=$1 overlay=$2 out=$3 tmp ex
   tmp="$(mktemp -d)"
   cp -R "$src/." "$tmp/"
-  for ex in "$tmp"/overlays/*/secrets.env.example; do
+  for ex in "$tmp"/overlays/*/*.example; do
     [[ -f "$ex" && ! -f "${ex%.example}" ]] && cp "$ex" "${ex%.example}"
   done
   "$VENV/bin/kubectl" kustomize "$tmp/overlays/$overlay" >"$out"

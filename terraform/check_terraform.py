@@ -5,8 +5,9 @@
     check_terraform.py refs    [DIR]   references, variables, outputs, pins
     check_terraform.py schema  [DIR]   argument and block names vs the provider schema
     check_terraform.py k8s     [DIR]   names the Kubernetes manifests rely on
-                                       (global IP, TLS policy, Memorystore range,
-                                       the WebTransport regional IP)
+                                       (global IP, TLS policy, the WebTransport
+                                       regional IP, and the Memorystore ranges and
+                                       ports the gateway's NetworkPolicies allow)
 
 DIR defaults to terraform/. One line per problem; exit 1 if any.
 """
@@ -101,7 +102,9 @@ class Config:
             self.bodies.append({k: x for k, x in v.items() if k == "validation"})
 
 
-REF = re.compile(r"(?<![\w.\"-])(var|local|data|module|google_\w+)\.(\w+)(?:\.(\w+))?")
+# The optional [index] or [*] lets attributes of counted resources be checked too
+# (google_x.y[0].attr, google_x.y[*].attr).
+REF = re.compile(r"(?<![\w.\"-])(var|local|data|module|google_\w+)\.(\w+)(?:\[[^\]]*\])?(?:\.(\w+))?")
 
 
 def expressions(s: str):
@@ -294,12 +297,39 @@ def check_k8s(cfg: Config, problems):
         used = (svc["metadata"].get("annotations") or {}).get("networking.gke.io/load-balancer-ip-addresses")
         if used != wt_ip:
             problems.append(f"Service {svc['metadata']['name']} uses regional IP {used!r}, terraform creates {wt_ip!r}")
+    # Memorystore: the gateway pods (the fanout) may reach exactly its addresses on
+    # exactly its ports. The instance serves on 6378 with TLS (on 6379 without); the
+    # cluster's PSC endpoints on 6379 (discovery) and 11000-13047 (the shards' nodes).
+    def egress(overlay, name):
+        pols = [np_ for np_ in docs("networkpolicies.yaml", overlay) if np_["metadata"]["name"] == name]
+        if not pols:
+            problems.append(f"{overlay.name}/networkpolicies.yaml has no NetworkPolicy {name}")
+        rules = [rule for np_ in pols for rule in np_["spec"].get("egress", [])]
+        cidrs = [peer.get("ipBlock", {}).get("cidr") for rule in rules for peer in rule.get("to", [])]
+        ports = sorted((p.get("protocol", "TCP"), p.get("port"), p.get("endPort")) for rule in rules
+                       for p in rule.get("ports", []))
+        return cidrs, ports
+
     rng = render_default(cfg, "${var.redis_reserved_ip_range}")
-    cidrs = [peer.get("ipBlock", {}).get("cidr")
-             for np_ in docs("networkpolicies.yaml") if np_["metadata"]["name"] == "gateway-to-memorystore"
-             for rule in np_["spec"].get("egress", []) for peer in rule.get("to", [])]
+    inst = cfg.resources.get(("google_redis_instance", "roomcast"))
+    tls = inst and unq(inst[1].get("transit_encryption_mode")) == "SERVER_AUTHENTICATION"
+    port = 6378 if tls else 6379
+    cidrs, ports = egress(gke, "gateway-to-memorystore")
     if cidrs != [rng]:
         problems.append(f"NetworkPolicy gateway-to-memorystore allows {cidrs}, Memorystore's range is {rng}")
+    if ports != [("TCP", port, None)]:
+        problems.append(f"NetworkPolicy gateway-to-memorystore allows ports {ports}, the Memorystore instance serves "
+                        f"on TCP {port} ({'TLS' if tls else 'no TLS'})")
+    if ("google_redis_cluster", "roomcast") in cfg.resources:
+        psc = render_default(cfg, "${var.redis_psc_subnet_cidr}")
+        cidrs, ports = egress(gke.parent / "gke-redis-cluster", "gateway-to-memorystore-cluster")
+        if cidrs != [psc]:
+            problems.append(f"NetworkPolicy gateway-to-memorystore-cluster allows {cidrs}, the Redis Cluster's PSC "
+                            f"subnet is {psc}")
+        want = [("TCP", 6379, None), ("TCP", 11000, 13047)]
+        if ports != want:
+            problems.append(f"NetworkPolicy gateway-to-memorystore-cluster allows ports {ports}, Memorystore for "
+                            f"Redis Cluster needs {want}")
 
 
 def main() -> int:

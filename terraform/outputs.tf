@@ -13,14 +13,41 @@ output "ssl_policy_name" {
   value       = google_compute_ssl_policy.modern.name
 }
 
+output "redis_mode" {
+  description = "Which Memorystore this environment has (var.redis_mode): \"instance\" goes with deploy/overlays/gke, \"cluster\" with deploy/overlays/gke-redis-cluster."
+  value       = var.redis_mode
+}
+
 output "redis_host" {
-  description = "Private IP of Memorystore, for ROOMCAST_REDIS_URL in deploy/overlays/gke/secrets.env."
-  value       = google_redis_instance.roomcast.host
+  description = "Private IP of Memorystore, for ROOMCAST_REDIS_URL (rediss://:AUTH@HOST:PORT) in deploy/overlays/gke/secrets.env. Null with redis_mode = \"cluster\"."
+  value       = one(google_redis_instance.roomcast[*].host)
 }
 
 output "redis_port" {
-  description = "Port of Memorystore."
-  value       = google_redis_instance.roomcast.port
+  description = "Port of Memorystore: 6378, its TLS port (in-transit encryption on; there is no plaintext port). Null with redis_mode = \"cluster\"."
+  value       = one(google_redis_instance.roomcast[*].port)
+}
+
+output "redis_cluster_discovery_endpoint" {
+  description = "ADDRESS:PORT of the Memorystore for Redis Cluster's discovery endpoint, for ROOMCAST_REDIS_CLUSTER (rediss://ADDRESS:PORT) in deploy/overlays/gke-redis-cluster/secrets.env. Null with redis_mode = \"instance\"."
+  value       = one([for ep in flatten(google_redis_cluster.roomcast[*].discovery_endpoints) : "${ep.address}:${ep.port}"])
+}
+
+# The CA certificates that sign the server certificates of whichever Memorystore
+# exists: the instance's server_ca_certs, or the cluster's managed_server_ca. All of
+# them: a new CA is published years before the old one expires, and clients must
+# trust both across the rotation.
+locals {
+  redis_ca_certs = concat(
+    [for ca in flatten(google_redis_instance.roomcast[*].server_ca_certs) : ca.cert],
+    flatten([for ca in flatten(google_redis_cluster.roomcast[*].managed_server_ca) : [for c in ca.ca_certs : c.certificates]]),
+  )
+}
+
+output "redis_ca_pem" {
+  description = "PEM bundle of the Memorystore CA(s), for the fanout's ROOMCAST_REDIS_CA: terraform output -raw redis_ca_pem > deploy/overlays/gke/redis-ca.pem (both modes; deploy/README.md). Not a secret; marked sensitive only to keep the PEM out of plan and apply logs."
+  value       = "${join("\n", [for pem in local.redis_ca_certs : trimspace(pem)])}\n"
+  sensitive   = true
 }
 
 output "nat_egress_ip" {

@@ -83,16 +83,66 @@ variable "node_disk_size_gb" {
   default     = 50
 }
 
+variable "redis_mode" {
+  description = "Which Memorystore holds the fanout's pub/sub and sequences: \"instance\" (Memorystore for Redis, one primary and a replica; deploy/overlays/gke) or \"cluster\" (Memorystore for Redis Cluster, sharded; deploy/overlays/gke-redis-cluster). Changing it on a running environment creates the other and tries to destroy the current one, which prevent_destroy stops (deploy/README.md, \"Redis: instance or cluster\")."
+  type        = string
+  default     = "instance"
+
+  validation {
+    condition     = contains(["instance", "cluster"], var.redis_mode)
+    error_message = "The redis_mode must be \"instance\" or \"cluster\"."
+  }
+}
+
 variable "redis_memory_size_gb" {
-  description = "Memorystore for Redis capacity in GB."
+  description = "Memorystore for Redis capacity in GB (redis_mode = \"instance\")."
   type        = number
   default     = 1
 }
 
 variable "redis_reserved_ip_range" {
-  description = "/29 range the Memorystore instance takes its IP from. deploy/overlays/gke/networkpolicies.yaml allows egress to exactly this range (the offline checks compare them)."
+  description = "/29 range the Memorystore instance takes its IP from (redis_mode = \"instance\"). deploy/overlays/gke/networkpolicies.yaml allows egress to exactly this range (the offline checks compare them)."
   type        = string
   default     = "10.30.0.0/29"
+}
+
+variable "redis_cluster_shard_count" {
+  description = "Memorystore for Redis Cluster: number of shards (redis_mode = \"cluster\"). Rooms are spread over them by hash slot; each shard has one primary."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.redis_cluster_shard_count >= 1 && floor(var.redis_cluster_shard_count) == var.redis_cluster_shard_count
+    error_message = "The redis_cluster_shard_count must be a whole number of at least 1."
+  }
+}
+
+variable "redis_cluster_replica_count" {
+  description = "Memorystore for Redis Cluster: replicas per shard, 0 to 2 (redis_mode = \"cluster\"). 1 or more for automatic failover, as the instance's STANDARD_HA tier has."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = contains([0, 1, 2], var.redis_cluster_replica_count)
+    error_message = "The redis_cluster_replica_count must be 0, 1 or 2."
+  }
+}
+
+variable "redis_cluster_node_type" {
+  description = "Memorystore for Redis Cluster node type (redis_mode = \"cluster\"): REDIS_SHARED_CORE_NANO (not for production), REDIS_STANDARD_SMALL, REDIS_HIGHMEM_MEDIUM or REDIS_HIGHMEM_XLARGE."
+  type        = string
+  default     = "REDIS_STANDARD_SMALL"
+
+  validation {
+    condition     = contains(["REDIS_SHARED_CORE_NANO", "REDIS_STANDARD_SMALL", "REDIS_HIGHMEM_MEDIUM", "REDIS_HIGHMEM_XLARGE"], var.redis_cluster_node_type)
+    error_message = "The redis_cluster_node_type must be one of REDIS_SHARED_CORE_NANO, REDIS_STANDARD_SMALL, REDIS_HIGHMEM_MEDIUM, REDIS_HIGHMEM_XLARGE."
+  }
+}
+
+variable "redis_psc_subnet_cidr" {
+  description = "Range of the subnet that holds the Memorystore for Redis Cluster's Private Service Connect endpoints (redis_mode = \"cluster\"; two addresses per cluster). deploy/overlays/gke-redis-cluster/networkpolicies.yaml allows egress to exactly this range (the offline checks compare them)."
+  type        = string
+  default     = "10.30.1.0/28"
 }
 
 variable "deployer_service_account_id" {
@@ -102,7 +152,7 @@ variable "deployer_service_account_id" {
 }
 
 variable "deletion_protection" {
-  description = "Deletion protection of the GKE cluster only (its deletion_protection argument). The Redis instance (and the KMS key) are protected by lifecycle prevent_destroy, which no variable can switch: to destroy Redis, delete that block from redis.tf first. Turn off only to tear the environment down."
+  description = "Deletion protection of the GKE cluster only (its deletion_protection argument). The Redis instance or cluster (and the KMS key) are protected by lifecycle prevent_destroy, which no variable can switch: to destroy Redis, delete that block from redis.tf or redis_cluster.tf first. Turn off only to tear the environment down."
   type        = bool
   default     = true
 }

@@ -7,6 +7,7 @@ defect. Run by `scripts/check-deploy.sh` (or `--self-test`), or directly:
 
     .tools/venv-deploy/bin/python -m pytest deploy/tests
 """
+import base64
 import copy
 import json
 import re
@@ -59,6 +60,11 @@ def rendered(tmp_path_factory):
 @pytest.fixture(scope="session")
 def rendered_wt(tmp_path_factory):
     return render(tmp_path_factory, "gke-webtransport")
+
+
+@pytest.fixture(scope="session")
+def rendered_cluster(tmp_path_factory):
+    return render(tmp_path_factory, "gke-redis-cluster")
 
 
 def find(docs, kind, name=None):
@@ -317,6 +323,68 @@ def test_webtransport_references_reject(rendered_wt, tmp_path, case):
     expect_fail("refs", dump(tmp_path / "r.yaml", docs), "broken", match=match)
 
 
+def _fanout_env(docs, var):
+    return next(e for e in container(docs, "fanout")["env"] if e["name"] == var)
+
+
+def _secret(key, value):
+    def mutate(d):
+        for s in d:
+            if s["kind"] == "Secret" and s["metadata"]["name"].startswith("roomcast-secrets"):
+                s["data"][key] = base64.b64encode(value.encode()).decode()
+    return mutate
+
+
+def _drop_fanout_env(var):
+    def mutate(d):
+        c = container(d, "fanout")
+        c["env"] = [e for e in c["env"] if e["name"] != var]
+    return mutate
+
+
+def _redis_ca_key(docs):
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("roomcast-redis-ca"))
+    cm["data"]["redis-ca.pem"] = cm["data"].pop("ca.pem")
+
+
+# The fanout's Redis wiring: TLS to Memorystore (gke) and the Redis Cluster overlay.
+REDIS_BREAKS = {
+    "ca-outside-mount": ("gke", lambda d: _fanout_env(d, "ROOMCAST_REDIS_CA").update(value="/etc/ssl/ca.pem"),
+                         r"ROOMCAST_REDIS_CA /etc/ssl/ca.pem is not in a read-only ConfigMap or Secret volume"),
+    "ca-mount-writable": ("gke", lambda d: container(d, "fanout")["volumeMounts"][0].update(readOnly=False),
+                          r"ROOMCAST_REDIS_CA \S+ is not in a read-only ConfigMap or Secret volume"),
+    "ca-key-missing": ("gke", _redis_ca_key, r"ConfigMap roomcast-redis-ca-\w+ has no key ca.pem"),
+    "plaintext-url-with-ca": ("gke", _secret("ROOMCAST_REDIS_URL", "redis://:x@10.30.0.3:6378"),
+                              r"ROOMCAST_REDIS_CA is set but ROOMCAST_REDIS_URL is not rediss:// \(redis://\)"),
+    "public-without-ca": ("gke", _drop_fanout_env("ROOMCAST_REDIS_CA"),
+                          r"the gateway is public, but the fanout has no ROOMCAST_REDIS_CA"),
+    "netpol-plaintext-port": (
+        "gke", lambda d: find(d, "NetworkPolicy", "gateway-to-memorystore")["spec"]["egress"][0]["ports"][0].update(
+            port=6379), r"no NetworkPolicy lets the gateway pods out to Redis at 10.30.0.3:6378"),
+    "cluster-and-url": (
+        "gke-redis-cluster", lambda d: container(d, "fanout")["env"].append(
+            {"name": "ROOMCAST_REDIS_URL", "value": "rediss://10.30.0.3:6378"}),
+        r"sets both ROOMCAST_REDIS_URL and ROOMCAST_REDIS_CLUSTER"),
+    "cluster-node-ports-blocked": (
+        "gke-redis-cluster",
+        lambda d: find(d, "NetworkPolicy", "gateway-to-memorystore-cluster")["spec"]["egress"][0]["ports"].pop(),
+        r"node ports 11000-13047 at 10.30.1.2"),
+    "cluster-outside-psc-subnet": (
+        "gke-redis-cluster",
+        lambda d: find(d, "NetworkPolicy", "gateway-to-memorystore-cluster")["spec"]["egress"][0]["to"][0][
+            "ipBlock"].update(cidr="10.30.2.0/28"),
+        r"out to Redis at 10.30.1.2:6379 \(ROOMCAST_REDIS_CLUSTER\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REDIS_BREAKS))
+def test_redis_references_reject(rendered, rendered_cluster, tmp_path, case):
+    overlay, mutate, match = REDIS_BREAKS[case]
+    docs = copy.deepcopy(rendered if overlay == "gke" else rendered_cluster)
+    mutate(docs)
+    expect_fail("refs", dump(tmp_path / "r.yaml", docs), "broken", match=match)
+
+
 def test_prometheusrule_sync_rejects_drift(rendered, tmp_path):
     alerts = yaml.safe_load((ROOT / "dashboards" / "alerts.yml").read_text())
     alerts["groups"][0]["rules"][0]["expr"] = "vector(1)"
@@ -394,8 +462,15 @@ TF_SCHEMA_BREAKS = {
                               'resource "google_artifact_registry_repo" "images"',
                               r"resource type google_artifact_registry_repo is not in"),
     "unknown-armor-argument": ("armor.tf", "enforce_on_key", "enforce_on", r"unknown argument enforce_on"),
-    "unknown-attribute": ("outputs.tf", "google_redis_instance.roomcast.host", "google_redis_instance.roomcast.hostname",
-                          r"has no attribute hostname"),
+    "unknown-attribute": ("outputs.tf", "google_redis_instance.roomcast[*].host",
+                          "google_redis_instance.roomcast[*].hostname", r"has no attribute hostname"),
+    "unknown-cluster-argument": ("redis_cluster.tf", "authorization_mode =", "auth_mode =",
+                                 r"google_redis_cluster.roomcast: unknown argument auth_mode"),
+    "unknown-cluster-attribute": ("outputs.tf", "google_redis_cluster.roomcast[*].managed_server_ca",
+                                  "google_redis_cluster.roomcast[*].server_ca_certs",
+                                  r"google_redis_cluster has no attribute server_ca_certs"),
+    "missing-psc-policy-argument": ("redis_cluster.tf", '  service_class = "gcp-memorystore-redis"\n', "",
+                                    r"service_connection_policy.redis: required argument service_class is missing"),
 }
 
 
@@ -421,6 +496,19 @@ def test_terraform_k8s_names_reject_webtransport_ip(tfcopy):
                 match=r"Service gateway-webtransport uses regional IP 'roomcast-webtransport', terraform creates 'roomcast-wt'")
 
 
+def test_terraform_k8s_names_reject_redis_port(tfcopy):
+    # Memorystore without TLS serves on 6379; the gke overlay allows 6378 only.
+    edit(tfcopy / "redis.tf", 'transit_encryption_mode = "SERVER_AUTHENTICATION"', 'transit_encryption_mode = "DISABLED"')
+    expect_fail("tf-k8s-names", tfcopy, match=r"gateway-to-memorystore allows ports \[\('TCP', 6378, None\)\], "
+                r"the Memorystore instance serves on TCP 6379 \(no TLS\)")
+
+
+def test_terraform_k8s_names_reject_redis_psc_subnet(tfcopy):
+    edit(tfcopy / "variables.tf", 'default     = "10.30.1.0/28"', 'default     = "10.30.2.0/28"')
+    expect_fail("tf-k8s-names", tfcopy, match=r"gateway-to-memorystore-cluster allows \['10.30.1.0/28'\], "
+                r"the Redis Cluster's PSC subnet is 10.30.2.0/28")
+
+
 def test_checkov_terraform_rejects_insecure(tmp_path):
     (tmp_path / "main.tf").write_text(
         'resource "google_storage_bucket" "b" {\n'
@@ -429,3 +517,9 @@ def test_checkov_terraform_rejects_insecure(tmp_path):
         '  uniform_bucket_level_access = false\n'
         '}\n')
     expect_fail("checkov-terraform", tmp_path, match=r"CKV_GCP_29")
+
+
+def test_checkov_terraform_rejects_plaintext_memorystore(tfcopy):
+    # CKV_GCP_97 is no longer skipped (terraform/.checkov.yaml): the fanout speaks TLS.
+    edit(tfcopy / "redis.tf", 'transit_encryption_mode = "SERVER_AUTHENTICATION"', 'transit_encryption_mode = "DISABLED"')
+    expect_fail("checkov-terraform", tfcopy, match=r"CKV_GCP_97")
