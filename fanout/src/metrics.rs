@@ -8,9 +8,12 @@ pub fn describe() {
     describe_histogram!("roomcast_fanout_publish_duration_seconds", Unit::Seconds, "Time of one Redis PUBLISH.");
     describe_gauge!("roomcast_fanout_room_subscriptions", "Rooms this fanout is subscribed to.");
     describe_counter!("roomcast_fanout_deliveries_total", "Messages streamed to gateways.");
-    describe_counter!("roomcast_fanout_redis_reconnects_total", "Times the Redis subscriber connection came back.");
+    describe_counter!(
+        "roomcast_fanout_redis_reconnects_total",
+        "Times the Redis subscriptions came back after a lost connection (a cluster: a node's)."
+    );
     describe_counter!("roomcast_fanout_redis_errors_total", "Failed Redis operations, by operation.");
-    describe_gauge!("roomcast_fanout_redis_up", "1 while Redis answers.");
+    describe_gauge!("roomcast_fanout_redis_up", "1 while Redis answers (a cluster: every primary).");
     describe_gauge!("roomcast_fanout_ready", "1 while ready: serving and not shutting down (what /readyz answers).");
     describe_gauge!("roomcast_fanout_gateways", "Gateways with an open subscription stream.");
     describe_counter!("roomcast_fanout_links_closed_total", "Gateway streams closed by the fanout, by reason.");

@@ -216,7 +216,7 @@ async fn cluster_changes(
                     }
                 }
                 if failed.is_empty() {
-                    metrics::counter!("roomcast_fanout_redis_resubscribes_total").increment(1);
+                    metrics::counter!("roomcast_fanout_redis_reconnects_total").increment(1);
                     tracing::info!("Redis Cluster subscriptions in place again; their gateways caught up from the store");
                 }
             }

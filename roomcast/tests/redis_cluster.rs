@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Client, RedisCluster, RedisSetup, Stack};
+use support::{metric, Client, RedisCluster, RedisSetup, Stack};
 
 /// One room per shard: room names whose channel's slot falls on each primary.
 fn room_per_shard(cluster: &RedisCluster, test: &str) -> Vec<(String, usize)> {
@@ -119,12 +119,22 @@ async fn the_contract_holds_with_rooms_on_every_shard() {
     }
 
     // The directory (a sorted set in one slot, presence hashes in each room's) counts the
-    // members on both gateways.
-    back.send_json(json!({"type": "rooms"})).await;
-    let page = back.wait_for(|f| f["type"] == "rooms").await;
-    for (room, _) in &rooms {
-        let listed = page["rooms"].as_array().and_then(|all| all.iter().find(|r| r["room"] == room.as_str()));
-        assert_eq!(listed.map(|r| r["members"].clone()), Some(json!(4)), "{room} in {page}");
+    // members on both gateways, once the rejoined user's presence is announced (every
+    // 250 ms).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        back.send_json(json!({"type": "rooms"})).await;
+        let page = back.wait_for(|f| f["type"] == "rooms").await;
+        back.frames.retain(|f| f["type"] != "rooms");
+        let members = |room: &str| {
+            let listed = page["rooms"].as_array().and_then(|all| all.iter().find(|r| r["room"] == room));
+            listed.map(|r| r["members"].clone())
+        };
+        if rooms.iter().all(|(room, _)| members(room) == Some(json!(4))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the directory never counted 4 members in every room: {page}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -233,6 +243,11 @@ async fn a_primary_killed_under_traffic_is_replaced_and_nothing_acked_is_lost() 
         for client in &clients {
             assert_eq!(ordered_ids(client, room), reference, "{} saw another order in {room}", client.user);
         }
+    }
+    // Each fanout counted its subscriptions coming back, as a reconnect.
+    for i in 0..2 {
+        let reconnects = metric(stack.metrics_ports[&format!("fanout-{i}")], "roomcast_fanout_redis_reconnects_total");
+        assert!(reconnects >= 1.0, "fanout-{i} counted {reconnects} reconnects");
     }
     let acks: usize = acked.values().map(Vec::len).sum();
     println!(
