@@ -12,6 +12,10 @@
 # The instrument is checked: every subscriber's output is counted, and a row whose
 # deliveries are not publishes x K is marked FAIL.
 #
+# Then the other commands every message costs a shard, one Redis each: the seq script
+# (NEXT_SEQ, on 10,000 rooms' counters) and the directory's ZADD GT (one sorted set of
+# 100,000 rooms, one slot: every message of every room touches it).
+#
 # The publisher and the subscribers share this machine's cores with Redis, so Redis is
 # not always the bottleneck: the cost per delivery is the figure to scale from, and the
 # capacity per core (1 s / that cost) is an extrapolation, labelled so.
@@ -91,11 +95,52 @@ print("\t".join(map(str, row)))
 EOF
 }
 
+COMMANDS=$RUN_DIR/commands.tsv
+printf 'command\tcalls\tseconds\tcalls_per_s\tredis_cpu_pct\tredis_cpu_us_per_call\n' >"$COMMANDS"
+NEXT_SEQ="if redis.call('EXISTS', KEYS[1]) == 0 then return false end return redis.call('INCR', KEYS[1])"
+
+# measure_command NAME KEYSPACE PREPARE-COMMAND -- COMMAND...: Redis CPU per call of COMMAND.
+measure_command() {
+  local name=$1 keyspace=$2 port pid
+  shift 2
+  local prepare=()
+  while [[ $1 != -- ]]; do prepare+=("$1"); shift; done
+  shift
+  free_port port
+  mkdir -p "$BENCH_TMP/cmd-$name"
+  bg_start "redis-cmd-$name" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$BENCH_TMP/cmd-$name"
+  pid=$LAST_PID
+  wait_port "$pid" "redis-cmd-$name" "$port"
+  redis-benchmark -p "$port" -n $((keyspace * 4)) -c 20 -P 16 -r "$keyspace" -q "${prepare[@]}" >/dev/null 2>&1
+  local before t0 after t1
+  before=$(cpu_ticks "$pid")
+  t0=$EPOCHREALTIME
+  redis-benchmark -p "$port" -n "$PUBLISHES" -c 20 -P 16 -r "$keyspace" -q "$@" >"$RUN_DIR/logs/command-$name.log" 2>&1
+  t1=$EPOCHREALTIME
+  after=$(cpu_ticks "$pid")
+  bg_stop "$pid"
+  python3 - "$name" "$PUBLISHES" "$t0" "$t1" "$before" "$after" "$CLK_TCK" "$COMMANDS" <<'EOF'
+import sys
+name, n, t0, t1, before, after, hz, out = sys.argv[1:9]
+n, secs = int(n), float(t1) - float(t0)
+cpu = (int(after) - int(before)) / float(hz)
+row = [name, n, f"{secs:.2f}", round(n / secs), f"{cpu / secs * 100:.0f}", f"{cpu * 1e6 / n:.2f}"]
+open(out, "a").write("\t".join(map(str, row)) + "\n")
+print("\t".join(map(str, row)))
+EOF
+}
+
 for mode in single cluster; do
   for k in $SUBSCRIBERS; do
     log "$mode, $k subscriber(s) per room: $PUBLISHES publishes to $ROOMS rooms"
     measure "$mode" "$k" >&2
   done
 done
-column -t -s $'\t' "$ROWS" | tee "$RUN_DIR/summary.txt"
+log "the seq script on 10,000 rooms' counters"
+measure_command next-seq 10000 INCR 'roomcast:seq:{r__rand_int__}' -- \
+  EVAL "$NEXT_SEQ" 1 'roomcast:seq:{r__rand_int__}' >&2
+log "the directory's ZADD GT on 100,000 rooms"
+measure_command directory-zadd 100000 ZADD 'roomcast:{directory}:active' __rand_int__ 'r__rand_int__' -- \
+  ZADD 'roomcast:{directory}:active' GT __rand_int__ 'r__rand_int__' >&2
+{ column -t -s $'\t' "$ROWS"; echo; column -t -s $'\t' "$COMMANDS"; } | tee "$RUN_DIR/summary.txt"
 log "done in ${SECONDS}s; ${RUN_DIR#"$ROOT"/}/rows.tsv"
