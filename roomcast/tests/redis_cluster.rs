@@ -1,6 +1,6 @@
 //! The broker on a Redis Cluster (3 primaries, 3 replicas, real `redis-server`s): the
-//! contract across two gateways with rooms on every shard, and a primary killed with
-//! `kill -9` under traffic.
+//! contract across two gateways with rooms on every shard, a primary killed with
+//! `kill -9` under traffic, and a cluster that speaks only TLS.
 
 mod support;
 
@@ -136,6 +136,33 @@ async fn the_contract_holds_with_rooms_on_every_shard() {
         assert!(Instant::now() < deadline, "the directory never counted 4 members in every room: {page}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_holds_on_a_cluster_that_speaks_only_tls() {
+    let cluster = RedisCluster::start_tls("cluster-tls");
+    let rooms = room_per_shard(&cluster, "tls");
+    let stack = Stack::start_on("cluster-tls", 2, RedisSetup::Cluster(cluster));
+    let mut ada = Client::connect(&stack.ws_url(0), "ada").await;
+    let mut bob = Client::connect(&stack.ws_url(1), "bob").await;
+    for (room, _) in &rooms {
+        ada.join(room, None).await;
+        bob.join(room, None).await;
+        for n in 0..3 {
+            ada.send(room, &format!("a{n}"), &format!("a-{room}-{n}")).await;
+            bob.send(room, &format!("b{n}"), &format!("b-{room}-{n}")).await;
+        }
+    }
+    for (room, _) in &rooms {
+        ada.wait_messages(room, 6).await;
+        bob.wait_messages(room, 6).await;
+        assert_eq!(ada.messages(room), bob.messages(room), "{room}: one order on both gateways");
+        let seqs: Vec<u64> = ada.messages(room).iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "{room}: seqs from its shard's counter");
+        let stored: HashSet<String> = stack.stored_ids(room).await.into_iter().collect();
+        assert!(ada.messages(room).iter().all(|(_, id)| stored.contains(id)), "{room}: every message stored");
+    }
+    assert!(ada.errors().is_empty() && bob.errors().is_empty(), "{:?} {:?}", ada.errors(), bob.errors());
 }
 
 /// One send's outcome, as its client saw it.

@@ -31,7 +31,7 @@ impl RedisSetup {
                 }
                 args
             }
-            RedisSetup::Cluster(cluster) => vec!["--redis-cluster".to_owned(), cluster.seeds()],
+            RedisSetup::Cluster(cluster) => cluster.fanout_args(),
         }
     }
 }
@@ -107,7 +107,7 @@ impl Redis {
     }
 }
 
-/// Six nodes on loopback: 3 primaries, each with one replica. A primary silent for
+/// Nodes on loopback: 3 primaries, each with `replicas` replicas. A primary silent for
 /// `NODE_TIMEOUT_MS` is failed over to its replica.
 pub struct RedisCluster {
     pub nodes: Vec<Redis>,
@@ -116,36 +116,64 @@ pub struct RedisCluster {
 const NODE_TIMEOUT_MS: u64 = 1000;
 
 impl RedisCluster {
+    /// 3 primaries and 3 replicas, plaintext.
     pub fn start(name: &str) -> RedisCluster {
-        let nodes: Vec<Redis> = (0..6)
+        RedisCluster::start_with(name, None, 1)
+    }
+
+    /// 3 primaries, no replicas, TLS only (clients, the cluster bus), with
+    /// [`tls_files`]'s CA.
+    pub fn start_tls(name: &str) -> RedisCluster {
+        RedisCluster::start_with(name, Some(tls_files()), 0)
+    }
+
+    fn start_with(name: &str, tls: Option<&'static TlsFiles>, replicas: usize) -> RedisCluster {
+        let nodes: Vec<Redis> = (0..3 * (1 + replicas))
             .map(|i| {
                 // Each node keeps its nodes.conf in its own directory.
                 // The bus port is given: by default it is the port + 10,000, which may not exist.
-                let extra = [
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-port".into(),
-                    free_port().to_string(),
-                    "--cluster-node-timeout".into(),
-                    NODE_TIMEOUT_MS.to_string(),
+                let mut extra: Vec<String> = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &free_port().to_string(),
+                    "--cluster-node-timeout",
+                    &NODE_TIMEOUT_MS.to_string(),
                     // A replica may always take over (however long its link was down),
                     // and syncs at once instead of waiting for more replicas.
-                    "--cluster-replica-validity-factor".into(),
-                    "0".into(),
-                    "--repl-diskless-sync-delay".into(),
-                    "0".into(),
-                ];
-                Redis::start_with(&format!("{name}-node-{i}"), None, &extra)
+                    "--cluster-replica-validity-factor",
+                    "0",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ]
+                .map(String::from)
+                .into();
+                if tls.is_some() {
+                    extra.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+                }
+                Redis::start_with(&format!("{name}-node-{i}"), tls, &extra)
             })
             .collect();
-        let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
-        create.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
-        create.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
-        let out = Command::new(program("redis-cli")).args(&create).output().expect("run redis-cli --cluster create");
+        let mut create = Command::new(program("redis-cli"));
+        if let Some(tls) = tls {
+            create.args(["--tls", "--cacert", &tls.ca.display().to_string()]);
+        }
+        create.args(["--cluster", "create"]).args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        create.args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
+        let out = create.output().expect("run redis-cli --cluster create");
         assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
         let cluster = RedisCluster { nodes };
         cluster.wait_healthy(Duration::from_secs(30));
         cluster
+    }
+
+    /// The fanout flags that name it.
+    pub fn fanout_args(&self) -> Vec<String> {
+        let mut args = vec!["--redis-cluster".to_owned(), self.seeds()];
+        if let Some(tls) = self.nodes.first().and_then(|n| n.tls) {
+            args.extend(["--redis-ca".to_owned(), tls.ca.display().to_string()]);
+        }
+        args
     }
 
     /// Every running node says `cluster_state:ok`, there are 3 running primaries, and
