@@ -34,13 +34,15 @@ async fn main() -> anyhow::Result<()> {
     // rediss:// goes through rustls: one crypto provider for the process, the gateway's.
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let redis = args.redis.target()?;
-    redis.check().await?;
-    tracing::info!(redis = redis.describe(), cluster = redis.is_cluster(), "Redis configuration checked");
-    let broker = RedisBroker::open(&redis, args.directory.limits()?)?;
+    let limits = args.directory.limits()?;
     let stop = CancellationToken::new();
     let ready = telemetry::Readiness::new("roomcast_fanout_ready", &[telemetry::STARTING]);
     let admin = telemetry::bind(args.metrics_listen, "metrics").await?;
     tokio::spawn(telemetry::serve_admin(admin, metrics, ready.clone(), stop.clone()));
+    // /healthz answers while Redis is checked (at most a few seconds).
+    redis.check().await?;
+    tracing::info!(redis = redis.describe(), cluster = redis.is_cluster(), "Redis configuration checked");
+    let broker = RedisBroker::open(&redis, limits)?;
     // Redis's state is `roomcast_fanout_redis_up`, not readiness: Redis is shared by
     // every pod, and an outage must not take them all out of the load balancer.
     let probe = broker.clone();

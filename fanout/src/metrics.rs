@@ -5,7 +5,11 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 
 pub fn describe() {
     describe_counter!("roomcast_fanout_publishes_total", "Messages published to Redis, by result.");
-    describe_histogram!("roomcast_fanout_publish_duration_seconds", Unit::Seconds, "Time of one Redis PUBLISH.");
+    describe_histogram!(
+        "roomcast_fanout_publish_duration_seconds",
+        Unit::Seconds,
+        "Time of one Redis PUBLISH (SPUBLISH on a cluster)."
+    );
     describe_gauge!("roomcast_fanout_room_subscriptions", "Rooms this fanout is subscribed to.");
     describe_counter!("roomcast_fanout_deliveries_total", "Messages streamed to gateways.");
     describe_counter!(

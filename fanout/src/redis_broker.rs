@@ -4,8 +4,9 @@
 //! (`redis_subscriber`, which also resyncs what a broken subscription missed).
 //!
 //! Presence is a hash per room of `gateway US user -> joined_at` (US: the unit separator,
-//! which user names cannot hold), changed and published by one script so that readers
-//! and subscribers see the same change; live gateways are a sorted set scored by their
+//! which user names cannot hold), with a hash beside it of when each gateway last
+//! announced, changed and published by one script so that readers and subscribers see
+//! the same change; live gateways are a sorted set scored by their
 //! last heartbeat; the directory is a sorted set scored by last activity, plus a hash of
 //! names, both in one hash slot.
 
@@ -47,10 +48,11 @@ if (not current) or tonumber(current) < tonumber(ARGV[1]) then redis.call('SET',
 return 1";
 
 /// Applies one gateway's presence change to a room's hash and publishes it.
-/// KEYS[1] the hash; ARGV: gateway, full (0/1), key TTL, number of joins, the signal to
-/// publish, its channel, the publish command, now (ms), then user and joined_at per
-/// join, then the users that left. The field `gateway US` (no user) stamps when the
-/// gateway last announced, so a reader never deletes what a revived gateway just wrote.
+/// KEYS[1] the presence hash, KEYS[2] the room's announcements (gateway -> when it last
+/// announced, so a reader never deletes what a revived gateway just wrote); ARGV:
+/// gateway, full (0/1), key TTL, number of joins, the signal to publish, its channel,
+/// the publish command, now (ms), then user and joined_at per join, then the users that
+/// left.
 const PRESENCE_CHANGE: &str = r"
 local gw = ARGV[1] .. '\31'
 if ARGV[2] == '1' then
@@ -58,7 +60,7 @@ if ARGV[2] == '1' then
     if string.sub(field, 1, #gw) == gw then redis.call('HDEL', KEYS[1], field) end
   end
 end
-redis.call('HSET', KEYS[1], gw, ARGV[8])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[8])
 local i = 9
 for _ = 1, tonumber(ARGV[4]) do
   redis.call('HSET', KEYS[1], gw .. ARGV[i], ARGV[i + 1])
@@ -69,31 +71,32 @@ while i <= #ARGV do
   i = i + 1
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call(ARGV[7], ARGV[6], ARGV[5])
 return 1";
 
-/// KEYS[1] a room's presence hash; ARGV[1] the oldest live heartbeat, then the live
-/// gateways (read just before: in a cluster they live in another slot). Answers the
-/// live gateways' users and join times, and deletes the entries of gateways that are
-/// neither live nor announced since ARGV[1].
+/// KEYS[1] a room's presence hash, KEYS[2] its announcements; ARGV[1] the oldest live
+/// heartbeat, then the live gateways (read just before: in a cluster they live in
+/// another slot). Answers the live gateways' users and join times, and deletes the
+/// entries of gateways that are neither live nor announced since ARGV[1].
 const PRESENCE_READ: &str = r"
-local live, stamps, answer, dead = {}, {}, {}, {}
+local live, answer, dead, gone = {}, {}, {}, {}
 for i = 2, #ARGV do live[ARGV[i]] = true end
 local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  if string.sub(fields[i], -1) == '\31' then stamps[string.sub(fields[i], 1, -2)] = tonumber(fields[i + 1]) end
-end
 for i = 1, #fields, 2 do
   local sep = string.find(fields[i], '\31', 1, true)
   if sep then
     local gw = string.sub(fields[i], 1, sep - 1)
     if live[gw] then
-      if sep < #fields[i] then
-        answer[#answer + 1] = fields[i]
-        answer[#answer + 1] = fields[i + 1]
+      answer[#answer + 1] = fields[i]
+      answer[#answer + 1] = fields[i + 1]
+    else
+      if gone[gw] == nil then
+        local at = redis.call('HGET', KEYS[2], gw)
+        gone[gw] = (not at) or tonumber(at) < tonumber(ARGV[1])
+        if gone[gw] then redis.call('HDEL', KEYS[2], gw) end
       end
-    elseif (stamps[gw] or 0) < tonumber(ARGV[1]) then
-      dead[#dead + 1] = fields[i]
+      if gone[gw] then dead[#dead + 1] = fields[i] end
     end
   end
 end
@@ -135,13 +138,8 @@ impl RedisBroker {
         let conn = target.connection()?;
         let (shared, commands) = Shared::new();
         if target.is_cluster() {
-            let (pushes, push_rx) = mpsc::unbounded_channel();
-            let subscriber = target.cluster_client(Some(pushes))?.get_pending_async_connection_with_config(
-                redis::cluster::ClusterConfig::new()
-                    .set_connection_timeout(crate::redis_target::TIMEOUT)
-                    .set_response_timeout(crate::redis_target::TIMEOUT),
-            );
-            tokio::spawn(redis_subscriber::cluster(subscriber, push_rx, shared.clone(), commands));
+            let (subscriber, pushes) = target.cluster_subscriber()?;
+            tokio::spawn(redis_subscriber::cluster(subscriber, pushes, shared.clone(), commands));
         } else {
             tokio::spawn(redis_subscriber::single(target.single()?, shared.clone(), commands));
         }
@@ -179,6 +177,7 @@ impl RedisBroker {
         let fields: Vec<(String, i64)> = self
             .presence_read
             .key(self.keys.presence(room))
+            .key(self.keys.announced(room))
             .arg(now_millis() - ttl_millis())
             .arg(live.into_iter().collect::<Vec<_>>())
             .invoke_async(&mut conn)
@@ -189,6 +188,21 @@ impl RedisBroker {
             Some(PresenceEntry { user: user.to_owned(), joined_at, gateway: gateway.to_owned() })
         });
         Ok(entries.collect())
+    }
+
+    /// A message is activity: it moves its room up the directory. In the background: the
+    /// directory is one key (in a cluster, on one shard), and a send never waits for it.
+    fn touch_directory(&self, room: &str) {
+        let mut conn = self.conn.clone();
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(DIRECTORY_ACTIVE).arg("GT").arg(now_millis()).arg(room);
+        let room = room.to_owned();
+        tokio::spawn(async move {
+            if let Err(err) = zadd.query_async::<i64>(&mut conn).await {
+                metrics::counter!("roomcast_fanout_redis_errors_total", "op" => "touch").increment(1);
+                tracing::debug!(%err, room, "cannot move a room up the directory");
+            }
+        });
     }
 
     /// True when Redis answers a PING: one Redis, or every primary of the cluster.
@@ -235,32 +249,18 @@ impl Broker for RedisBroker {
 
     async fn publish(&self, msg: &ChatMessage) -> Result<(), BrokerError> {
         let started = Instant::now();
-        let (mut conn, mut directory) = (self.conn.clone(), self.conn.clone());
-        let mut publish = redis::cmd(self.keys.publish());
-        publish.arg(self.keys.channel(&msg.room)).arg(msg.encode_to_vec());
-        let publish = publish.query_async::<i64>(&mut conn);
-        // A message is activity: it moves its room up the directory (another slot in a
-        // cluster, so its own command). Its failure never fails the send.
-        let touch = async {
-            if !is_listed(&msg.room) {
-                return Ok(0);
-            }
-            redis::cmd("ZADD")
-                .arg(DIRECTORY_ACTIVE)
-                .arg("GT")
-                .arg(now_millis())
-                .arg(&msg.room)
-                .query_async::<i64>(&mut directory)
-                .await
-        };
-        let (published, touched) = tokio::join!(publish, touch);
+        if is_listed(&msg.room) {
+            self.touch_directory(&msg.room);
+        }
+        let mut conn = self.conn.clone();
+        let published = redis::cmd(self.keys.publish())
+            .arg(self.keys.channel(&msg.room))
+            .arg(msg.encode_to_vec())
+            .query_async::<i64>(&mut conn)
+            .await;
         metrics::histogram!("roomcast_fanout_publish_duration_seconds").record(started.elapsed());
         let outcome = if published.is_ok() { "ok" } else { "error" };
         metrics::counter!("roomcast_fanout_publishes_total", "result" => outcome).increment(1);
-        if let Err(err) = touched {
-            metrics::counter!("roomcast_fanout_redis_errors_total", "op" => "touch").increment(1);
-            tracing::debug!(%err, room = msg.room, "cannot move a room up the directory");
-        }
         published.map(drop).map_err(|err| unavailable("publish", err))
     }
 
@@ -300,6 +300,7 @@ impl Broker for RedisBroker {
         let result = match &signal.kind {
             Some(room_signal::Kind::Presence(change)) => {
                 let mut script = self.presence_change.key(self.keys.presence(&signal.room));
+                script.key(self.keys.announced(&signal.room));
                 script
                     .arg(&signal.gateway)
                     .arg(if change.full { "1" } else { "0" })
@@ -387,10 +388,13 @@ impl Broker for RedisBroker {
         // (each hash in its room's slot, so one command per room).
         let expires = rooms.iter().filter(|t| t.keepalive).map(|touch| {
             let mut conn = self.conn.clone();
-            let key = self.keys.presence(&touch.room);
-            async move { redis::cmd("EXPIRE").arg(key).arg(PRESENCE_KEY_TTL_SECS).query_async::<i64>(&mut conn).await }
+            let mut pipe = redis::pipe();
+            for key in [self.keys.presence(&touch.room), self.keys.announced(&touch.room)] {
+                pipe.cmd("EXPIRE").arg(key).arg(PRESENCE_KEY_TTL_SECS).ignore();
+            }
+            async move { pipe.query_async::<()>(&mut conn).await }
         });
-        join_all(expires).await.into_iter().try_for_each(|r| r.map(drop)).map_err(|err| unavailable("touch", err))
+        join_all(expires).await.into_iter().collect::<Result<(), _>>().map_err(|err| unavailable("touch", err))
     }
 
     async fn rooms(&self, offset: u32, limit: u32) -> Result<RoomsReply, BrokerError> {
@@ -437,7 +441,6 @@ impl Broker for RedisBroker {
                 let entries: Vec<PresenceEntry> = fields
                     .iter()
                     .filter_map(|field| field.split_once(SEPARATOR))
-                    .filter(|(_, user)| !user.is_empty())
                     .map(|(gateway, user)| PresenceEntry { user: user.into(), joined_at: 0, gateway: gateway.into() })
                     .collect();
                 let members = distinct_users(&entries, &live);

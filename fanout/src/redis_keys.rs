@@ -10,6 +10,7 @@ const SEQ: &str = "roomcast:seq:";
 const CHANNEL: &str = "roomcast:room:";
 const SIGNAL: &str = "roomcast:signal:";
 const PRESENCE: &str = "roomcast:presence:";
+const ANNOUNCED: &str = "roomcast:announced:";
 /// Live gateways, scored by their last heartbeat: one key, so one slot.
 pub const GATEWAYS: &str = "roomcast:gateways";
 /// The directory's two keys share the `{directory}` tag, so one script trims both.
@@ -53,6 +54,12 @@ impl Keys {
     /// The room's presence hash.
     pub fn presence(self, room: &str) -> String {
         self.of(PRESENCE, room)
+    }
+
+    /// When each gateway last announced the room's presence (a hash beside the presence
+    /// hash, in its slot: older releases read every field of the presence hash as a user).
+    pub fn announced(self, room: &str) -> String {
+        self.of(ANNOUNCED, room)
     }
 
     /// Both channels of a room, as one subscribe command takes them.
@@ -102,7 +109,8 @@ mod tests {
         let cluster = Keys::new(true);
         // Room names are A-Z a-z 0-9 _ . - (and `~` for the system's), never braces.
         for room in ["lobby", "~rooms", "a.b-c_9"] {
-            for key in [cluster.seq(room), cluster.channel(room), cluster.signal(room), cluster.presence(room)] {
+            let keys = [cluster.seq(room), cluster.channel(room), cluster.signal(room), cluster.presence(room)];
+            for key in keys.into_iter().chain([cluster.announced(room)]) {
                 assert_eq!(hash_tag(&key), Some(room), "{key}");
             }
         }

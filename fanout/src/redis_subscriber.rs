@@ -4,9 +4,11 @@
 //! Whatever was published while a subscription was down is missed; the links are told
 //! so, and their gateways re-read those rooms from the store. One Redis: the pub/sub
 //! connection is reconnected and every room resubscribed, then every link resyncs. A
-//! Redis Cluster: when a node's connection drops (it failed, or fails over) every room is
-//! subscribed again, each room once its shard answers, and that room's links catch up;
-//! a room whose slot moved away is subscribed again on its new shard the same way.
+//! Redis Cluster: every confirmation of a room's subscription (this fanout's, or the
+//! cluster client's after a failover) makes that room's links catch up; when a node's
+//! connection drops or a primary stops answering every room is subscribed again until
+//! its shard answers, and a room whose slot moved away is subscribed again on its new
+//! shard.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,14 +19,22 @@ use futures::StreamExt;
 use prost::Message as _;
 use redis::aio::PubSubSink;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{PushInfo, PushKind, Value};
 use roomcast_proto::{event::Kind, ChatMessage, Event, Resync, RoomSignal};
 use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
 
 use crate::redis_keys::Keys;
 use crate::registry::{LinkId, Registry};
 
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// Subscribes in flight at once while rooms are subscribed again.
+const RETRY_CONCURRENCY: usize = 64;
+/// How often the cluster subscriber checks that every primary answers.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// Failing subscriptions are reported again after this long.
+const STILL_FAILING: Duration = Duration::from_secs(30);
 
 pub struct Shared {
     registry: Mutex<Registry>,
@@ -159,32 +169,48 @@ pub async fn cluster(
     commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let (lost, lost_rx) = mpsc::unbounded_channel();
-    tokio::spawn(cluster_changes(conn, shared.clone(), commands, lost_rx));
+    tokio::spawn(cluster_changes(conn, shared.clone(), commands, lost.clone(), lost_rx));
     cluster_pushes(pushes, shared, lost).await;
 }
 
-/// Subscriptions that may have missed messages: `None` for every room (a node's
-/// connection dropped, and which rooms it served is not known), or one room.
-type Lost = Option<String>;
+/// Subscriptions that may be gone.
+enum Lost {
+    /// A node's connection dropped or stopped answering; which rooms it served is not
+    /// known, so every room is subscribed again.
+    Every,
+    /// The server dropped this room's subscription (its slot moved away).
+    Room(String),
+}
 
 async fn cluster_changes(
     mut conn: ClusterConnection,
     shared: Arc<Shared>,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    lost_tx: mpsc::UnboundedSender<Lost>,
     mut lost: mpsc::UnboundedReceiver<Lost>,
 ) {
     let keys = Keys::new(true);
     // Rooms whose subscribe failed (their shard is down, or failing over): tried again
-    // every second; once in place, all their links catch up.
+    // every second until it works.
     let mut failed: HashSet<String> = HashSet::new();
     let mut retry = tokio::time::interval(RETRY_EVERY);
+    retry.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // A node that stops answering without closing its socket sends no push: ping the
+    // primaries over the subscriptions' own connections.
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut answering = true;
+    // Since when subscriptions were lost (they count as one reconnect once all are back),
+    // and when their failing was last reported.
+    let mut lost_since: Option<tokio::time::Instant> = None;
+    let mut reported = tokio::time::Instant::now();
     loop {
         tokio::select! {
             command = commands.recv() => match command {
-                Some(Command::Subscribe { room, link }) => {
-                    if subscribe(&mut conn, keys, &room).await {
-                        shared.registry().send(link, Event { kind: Some(Kind::Subscribed(room)) });
-                    } else {
+                Some(Command::Subscribe { room, .. }) => {
+                    // Redis's confirmation push sends `Subscribed` (cluster_pushes).
+                    if let Err(err) = conn.ssubscribe(&keys.channels(&room)).await {
+                        failing(&room, &err);
                         failed.insert(room);
                     }
                 }
@@ -200,40 +226,60 @@ async fn cluster_changes(
                 None => return,
             },
             Some(lost) = lost.recv() => {
-                let rooms = lost.map_or_else(|| shared.registry().rooms(), |room| vec![room]);
-                failed.extend(rooms);
+                lost_since.get_or_insert_with(tokio::time::Instant::now);
+                match lost {
+                    Lost::Every => failed.extend(shared.registry().rooms()),
+                    Lost::Room(room) => { failed.insert(room); }
+                }
                 retry.reset_immediately();
             }
+            _ = ping.tick() => {
+                let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)));
+                let now = conn.route_command(redis::cmd("PING"), all).await.is_ok();
+                if answering && !now {
+                    tracing::warn!("a Redis Cluster primary does not answer; resubscribing every room until it works");
+                    let _ = lost_tx.send(Lost::Every);
+                }
+                answering = now;
+            }
             _ = retry.tick(), if !failed.is_empty() => {
-                for room in std::mem::take(&mut failed) {
-                    if shared.registry().subscribers(&room).is_empty() {
-                        continue;
+                let rooms: Vec<String> =
+                    failed.drain().filter(|room| !shared.registry().subscribers(room).is_empty()).collect();
+                let attempts = futures::stream::iter(rooms).map(|room| {
+                    let mut conn = conn.clone();
+                    async move {
+                        let result = conn.ssubscribe(&keys.channels(&room)).await;
+                        (room, result)
                     }
-                    if subscribe(&mut conn, keys, &room).await {
-                        shared.subscribed(&room);
-                    } else {
+                });
+                let results: Vec<_> = attempts.buffer_unordered(RETRY_CONCURRENCY).collect().await;
+                for (room, result) in results {
+                    if let Err(err) = result {
+                        failing(&room, &err);
                         failed.insert(room);
                     }
                 }
                 if failed.is_empty() {
-                    metrics::counter!("roomcast_fanout_redis_reconnects_total").increment(1);
-                    tracing::info!("Redis Cluster subscriptions in place again; their gateways caught up from the store");
+                    if let Some(since) = lost_since.take() {
+                        metrics::counter!("roomcast_fanout_redis_reconnects_total").increment(1);
+                        tracing::info!(
+                            after = ?since.elapsed(),
+                            "Redis Cluster subscriptions in place again; their gateways catch up from the store"
+                        );
+                    }
+                } else if reported.elapsed() >= STILL_FAILING {
+                    reported = tokio::time::Instant::now();
+                    tracing::warn!(rooms = failed.len(), "Redis Cluster subscriptions still failing; retrying every {RETRY_EVERY:?}");
                 }
             }
         }
     }
 }
 
-/// Subscribes a room's channels on the shard that serves them; false when it failed.
-async fn subscribe(conn: &mut ClusterConnection, keys: Keys, room: &str) -> bool {
-    match conn.ssubscribe(&keys.channels(room)).await {
-        Ok(()) => true,
-        Err(err) => {
-            metrics::counter!("roomcast_fanout_redis_errors_total", "op" => "subscribe").increment(1);
-            tracing::debug!(%err, room, "Redis Cluster subscribe failed; retrying every {RETRY_EVERY:?}");
-            false
-        }
-    }
+/// Counts a failed subscribe; its room is tried again.
+fn failing(room: &str, err: &redis::RedisError) {
+    metrics::counter!("roomcast_fanout_redis_errors_total", "op" => "subscribe").increment(1);
+    tracing::debug!(%err, room, "Redis Cluster subscribe failed; retrying every {RETRY_EVERY:?}");
 }
 
 async fn cluster_pushes(
@@ -249,18 +295,26 @@ async fn cluster_pushes(
                     shared.route(channel, payload);
                 }
             }
+            // Redis confirms a room's subscription, whoever asked for it: this fanout, or
+            // the cluster client moving it to a new primary. Messages published before it
+            // were missed, so the room's gateways catch it up from the store.
+            (PushKind::SSubscribe, [channel, ..]) => {
+                if let Some(room) = text(channel).and_then(|channel| keys.room_of(channel)) {
+                    shared.subscribed(room);
+                }
+            }
             // The server drops a shard channel's subscribers when its slot moves away.
             (PushKind::SUnsubscribe, [channel, ..]) => {
                 let Some(room) = text(channel).and_then(|channel| keys.room_of(channel)) else { continue };
                 if !shared.registry().subscribers(room).is_empty() {
-                    let _ = lost.send(Some(room.to_owned()));
+                    let _ = lost.send(Lost::Room(room.to_owned()));
                 }
             }
             (PushKind::Disconnection, _) => {
                 up(false);
                 metrics::counter!("roomcast_fanout_redis_errors_total", "op" => "subscribe").increment(1);
                 tracing::warn!("a Redis Cluster node's connection dropped; resubscribing every room until it works");
-                let _ = lost.send(None);
+                let _ = lost.send(Lost::Every);
             }
             _ => {}
         }

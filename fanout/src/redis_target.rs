@@ -21,7 +21,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The broker's Redis flags.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Clone)]
 pub struct RedisArgs {
     /// One Redis, e.g. redis://:PASSWORD@127.0.0.1:6379/0, or rediss:// for TLS.
     #[arg(long, env = "ROOMCAST_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
@@ -115,13 +115,8 @@ impl RedisTarget {
         self.client(url)
     }
 
-    /// A cluster client; `pushes` receives its pub/sub messages (RESP3).
-    pub fn cluster_client(&self, pushes: Option<mpsc::UnboundedSender<PushInfo>>) -> anyhow::Result<ClusterClient> {
-        let mut builder = ClusterClientBuilder::new(self.urls.clone())
-            .connection_timeout(TIMEOUT)
-            .response_timeout(TIMEOUT)
-            .retries(2)
-            .max_retry_wait(500);
+    fn cluster_client(&self, pushes: Option<mpsc::UnboundedSender<PushInfo>>) -> anyhow::Result<ClusterClient> {
+        let mut builder = ClusterClientBuilder::new(self.urls.clone()).retries(2).max_retry_wait(500);
         if let Some(certs) = &self.certs {
             builder = builder.certs(certs.clone());
         }
@@ -129,6 +124,18 @@ impl RedisTarget {
             builder = builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(pushes);
         }
         builder.build().map_err(|err| anyhow::anyhow!("invalid Redis Cluster seeds {}: {err}", self.describe()))
+    }
+
+    /// A cluster connection, connected in the background, with `pushes` for its pub/sub.
+    fn cluster_connection(&self, pushes: Option<mpsc::UnboundedSender<PushInfo>>) -> anyhow::Result<ClusterConnection> {
+        let config = ClusterConfig::new().set_connection_timeout(TIMEOUT).set_response_timeout(TIMEOUT);
+        Ok(self.cluster_client(pushes)?.get_pending_async_connection_with_config(config))
+    }
+
+    /// The cluster subscriber's own connection and the pushes it receives (RESP3).
+    pub fn cluster_subscriber(&self) -> anyhow::Result<(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>)> {
+        let (pushes, push_rx) = mpsc::unbounded_channel();
+        Ok((self.cluster_connection(Some(pushes))?, push_rx))
     }
 
     /// The command connection, connected lazily: the broker starts while Redis is down.
@@ -148,42 +155,50 @@ impl RedisTarget {
             .map_err(|err| anyhow::anyhow!("cannot set up the Redis connection to {}: {err}", self.describe()))
     }
 
-    /// Connects to every URL once and checks it is what the flags say (a cluster node or
-    /// not). A server that cannot be reached is only a warning, as Redis may come later;
-    /// one that takes the connection but fails the handshake (TLS, password, the wrong
-    /// mode) is a configuration error.
+    /// Connects to every URL once, all at once, and checks each is what the flags say (a
+    /// cluster node or not). A server that cannot be reached or does not answer is only a
+    /// warning, as Redis may come later and an outage must not stop the pods; a definite
+    /// refusal (TLS, password, the wrong mode) is a configuration error.
     pub async fn check(&self) -> anyhow::Result<()> {
-        for url in &self.urls {
-            let shown = without_password(url);
-            let client = self.client(url)?;
-            if let Err(err) = reach(client.get_connection_info().addr()).await {
+        let checks = self.urls.iter().map(|url| self.check_one(url));
+        futures::future::join_all(checks).await.into_iter().collect()
+    }
+
+    async fn check_one(&self, url: &str) -> anyhow::Result<()> {
+        let shown = without_password(url);
+        let client = self.client(url)?;
+        if let Err(err) = reach(client.get_connection_info().addr()).await {
+            tracing::warn!(redis = shown, %err, "cannot reach Redis; serving anyway (roomcast_fanout_redis_up = 0) and retrying");
+            return Ok(());
+        }
+        let answer = match tokio::time::timeout(PROBE_TIMEOUT, cluster_enabled(&client)).await {
+            Ok(Err(err)) if err.is_timeout() => None,
+            Ok(answer) => Some(answer),
+            Err(_) => None,
+        };
+        match answer {
+            None => {
+                let hint = if url.starts_with("rediss://") {
+                    "a TLS client on a plaintext port? use redis:// there"
+                } else {
+                    "a stopped Redis, or not a Redis port"
+                };
                 tracing::warn!(
                     redis = shown,
-                    %err,
-                    "cannot reach Redis; serving anyway (roomcast_fanout_redis_up = 0) and retrying"
+                    "Redis took the connection but did not answer in time ({hint}); serving anyway \
+                     (roomcast_fanout_redis_up = 0) and retrying"
                 );
-                continue;
+                Ok(())
             }
-            match tokio::time::timeout(PROBE_TIMEOUT, cluster_enabled(&client)).await {
-                Err(_) => anyhow::bail!(
-                    "Redis at {shown} took the connection but did not answer within {PROBE_TIMEOUT:?}{}",
-                    if url.starts_with("rediss://") {
-                        " (a TLS handshake with a plaintext port? use redis:// there)"
-                    } else {
-                        " (is it a Redis port?)"
-                    }
-                ),
-                Ok(Err(err)) => anyhow::bail!("Redis at {shown} refused the connection: {err}{}", hint(url, &err)),
-                Ok(Ok(enabled)) if enabled && !self.cluster => {
-                    anyhow::bail!("{shown} is a Redis Cluster node: give its nodes with --redis-cluster, not --redis")
-                }
-                Ok(Ok(enabled)) if !enabled && self.cluster => {
-                    anyhow::bail!("{shown} is not a Redis Cluster node (cluster_enabled:0): use --redis for one Redis")
-                }
-                Ok(Ok(_)) => {}
+            Some(Err(err)) => anyhow::bail!("Redis at {shown} refused the connection: {err}{}", hint(url, &err)),
+            Some(Ok(enabled)) if enabled && !self.cluster => {
+                anyhow::bail!("{shown} is a Redis Cluster node: give its nodes with --redis-cluster, not --redis")
             }
+            Some(Ok(enabled)) if !enabled && self.cluster => {
+                anyhow::bail!("{shown} is not a Redis Cluster node (cluster_enabled:0): use --redis for one Redis")
+            }
+            Some(Ok(_)) => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -23,8 +23,12 @@ async fn the_persister_works_on_a_replica_set_uri_with_retryable_writes() {
     for n in 0..10 {
         ada.send(room, &format!("m{n}"), &format!("c{n}")).await;
     }
-    // The same client send again: a retried write is stored once.
+    let first = ada.wait_for(|f| f["type"] == "ack" && f["client_id"] == "c0").await;
+    // The same client send again: a retried write is stored once, and acked as the first.
+    ada.frames.retain(|f| f["client_id"] != "c0");
     ada.send(room, "m0", "c0").await;
+    let again = ada.wait_for(|f| f["type"] == "ack" && f["client_id"] == "c0").await;
+    assert_eq!((&again["id"], &again["seq"]), (&first["id"], &first["seq"]), "the resend is the first copy");
     bob.wait_messages(room, 10).await;
     bob.settle(Duration::from_millis(500)).await;
     assert_eq!(bob.messages(room).len(), 10, "ten messages, the resend not among them");
@@ -39,6 +43,8 @@ fn a_replica_set_name_that_does_not_match_is_never_written_to() {
     // primary, so the persister cannot even create its indexes and never turns ready.
     let mongo = Mongo::start("mongo-rs-wrong-mongo");
     let (port, metrics) = (free_port(), free_port());
+    let log = log_dir().join("mongo-rs-wrong-persister.log");
+    let _ = std::fs::remove_file(&log);
     let uri = format!("mongodb://127.0.0.1:{}/?replicaSet=another&serverSelectionTimeoutMS=1000", mongo.port);
     let _persister = Proc::spawn(
         "mongo-rs-wrong-persister",
@@ -53,7 +59,6 @@ fn a_replica_set_name_that_does_not_match_is_never_written_to() {
         ]
         .map(String::from),
     );
-    let log = log_dir().join("mongo-rs-wrong-persister.log");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
