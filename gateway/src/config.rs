@@ -64,6 +64,12 @@ pub struct EdgeArgs {
     /// PEM file of the RSA public key that client JWTs (RS256) are signed for.
     #[arg(long, env = "ROOMCAST_AUTH_JWT_PUBLIC_KEY")]
     pub auth_jwt_public_key: Option<PathBuf>,
+    /// Accept only tokens whose `aud` claim holds this audience.
+    #[arg(long, env = "ROOMCAST_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+    /// Accept only tokens whose `iss` claim is this issuer.
+    #[arg(long, env = "ROOMCAST_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
     /// Refuse connections without a valid token; user names then come only from tokens.
     #[arg(long, env = "ROOMCAST_AUTH_REQUIRED")]
     pub auth_required: bool,
@@ -144,6 +150,11 @@ impl EdgeArgs {
             (None, Some(key)) => Some(Auth::rs256(key)?),
             (None, None) => None,
         };
+        anyhow::ensure!(
+            auth.is_some() || (self.auth_audience.is_none() && self.auth_issuer.is_none()),
+            "--auth-audience and --auth-issuer need --auth-jwt-secret or --auth-jwt-public-key to check tokens with"
+        );
+        let auth = auth.map(|auth| auth.trusting(self.auth_audience.as_deref(), self.auth_issuer.as_deref()));
         anyhow::ensure!(
             auth.is_some() || !self.auth_required,
             "--auth-required needs --auth-jwt-secret or --auth-jwt-public-key to check tokens with"

@@ -52,6 +52,9 @@ impl hyper::service::Service<Request<Incoming>> for Router {
 
 /// How long a client may take to send a request's head.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A request head (request line and headers) larger than this is answered 431 by hyper:
+/// real clients send a few KiB, and a 200 KB header line is only ever an attack.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// How long a client may take over its TLS handshake.
 const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -105,6 +108,7 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(err) = conn.await {

@@ -263,6 +263,71 @@ async fn operator_shaped_text_is_stored_verbatim() {
     assert_eq!(coll.count_documents(mongodb::bson::doc! {"room": {"$ne": "lobby"}}).await.expect("count"), 0);
 }
 
+/// An HS256 token with these claims, signed with [`SECRET`].
+fn signed(claims: Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("sign a token")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_refused_by_name_for_nbf_audience_issuer_and_algorithm() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_proc, port, _) = start_roomcast(
+        "auth-claims",
+        dir.path(),
+        &[
+            "--auth-jwt-secret",
+            SECRET,
+            "--auth-required",
+            "--auth-audience",
+            "roomcast",
+            "--auth-issuer",
+            "https://app",
+        ],
+    );
+    let base = format!("ws://127.0.0.1:{port}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let claims = |extra: Value| {
+        let mut claims = json!({"sub": "ada", "exp": now + 600, "aud": "roomcast", "iss": "https://app"});
+        claims.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        claims
+    };
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let none = format!("{}.{}.", engine.encode(br#"{"alg":"none"}"#), engine.encode(claims(json!({})).to_string()));
+    let cases = [
+        ("nbf an hour ahead", signed(claims(json!({"nbf": now + 3600}))), "not valid yet"),
+        ("another audience", signed(claims(json!({"aud": "other-app"}))), "aud"),
+        ("another issuer", signed(claims(json!({"iss": "https://evil"}))), "iss"),
+        ("alg none", none, "algorithm \"none\" is not accepted"),
+    ];
+    for (case, token, says) in cases {
+        let refused = Client::connect_query(&base, "ada", &format!("token={token}")).await.err();
+        let refused = refused.unwrap_or_else(|| panic!("{case}: the token was accepted"));
+        assert!(refused.starts_with("401 token_invalid") && refused.contains(says), "{case}: {refused}");
+    }
+    let good = signed(claims(json!({})));
+    Client::connect_query(&base, "ada", &format!("token={good}")).await.expect("audience and issuer match");
+}
+
+#[test]
+fn a_request_head_over_16_kib_is_answered_431() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_proc, port, _) = start_roomcast("big-head", dir.path(), &[]);
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(200_000));
+    // The server stops reading at 16 KiB, so the rest of the write may fail: that is fine.
+    let _ = tcp.write_all(head.as_bytes());
+    let mut answer = [0u8; 64];
+    let read = tcp.read(&mut answer).expect("an answer before the close");
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 431"), "a 200 KB header line: {answer}");
+    let (status, _) = support::http_get(port, "/healthz").expect("a normal request");
+    assert_eq!(status, 200, "normal requests still work");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_that_never_ends_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
