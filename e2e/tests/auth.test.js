@@ -359,6 +359,36 @@ async function unlimited(attempt) {
   }
 }
 
+test('Socket.IO: an expiring token is refreshed, or the socket gets token_expired and is disconnected', async (t) => {
+  const server = await startStandalone('auth-refresh', [
+    '--auth-jwt-secret', SECRET, '--auth-required', '--auth-refresh-grace-seconds', '2',
+  ]);
+  const sockets = [];
+  t.after(async () => {
+    await closeAll(server, sockets, []);
+    await server.stop();
+  });
+  const soon = nowSeconds() + 3;
+  const ada = await connect(server.url, { auth: { token: sign({ sub: 'ada', exp: soon }) } }, sockets);
+  const bo = await connect(server.url, { auth: { token: sign({ sub: 'bo', exp: soon }) } }, sockets);
+  const boExpired = next(bo, 'token_expired');
+  const boGone = new Promise((resolve) => bo.once('disconnect', resolve));
+
+  const [asked] = await next(ada, 'refresh_needed');
+  assert.equal(asked.grace_seconds, 2, JSON.stringify(asked));
+  const exp = nowSeconds() + 3600;
+  assert.deepEqual(await ack(ada, 'refresh', { token: sign({ sub: 'ada', exp }) }), { exp, left: [] });
+  const other = await ack(ada, 'refresh', { token: sign({ sub: 'mallory', exp }) });
+  assert.equal(other.error?.code, 'token_invalid', JSON.stringify(other));
+
+  const [expired] = await boExpired;
+  assert.equal(expired.code, 4401, JSON.stringify(expired));
+  assert.equal(await boGone, 'io server disconnect');
+  // Past the old token's exp and grace, the refreshed socket still works.
+  await sleep(2500);
+  assert.equal((await ack(ada, 'join', { room: 'after-refresh' })).room, 'after-refresh');
+});
+
 test('events over --frames-per-second are refused with rate_limited', async (t) => {
   const server = await startStandalone('auth-rate', ['--frames-per-second', '2', '--frame-burst', '2']);
   const sockets = [];

@@ -49,6 +49,8 @@ pub struct Admitted {
     pub rooms: RoomGrant,
     /// True when `user` comes from a verified token.
     pub authenticated: bool,
+    /// The token's `exp` (Unix seconds), when there is a token.
+    pub expires_at: Option<u64>,
     pub slot: Slot,
 }
 
@@ -134,29 +136,38 @@ impl Admission {
                 return Err(ConnectError::OriginNotAllowed(origin.to_owned()));
             }
         }
-        let identity = match (&self.access.auth, offer.token.filter(|t| !t.is_empty())) {
-            (Some(auth), Some(token)) => Some(auth.verify(token)?),
-            (_, None) if self.access.auth_required => return Err(ConnectError::TokenMissing),
+        let identity = match offer.token.filter(|t| !t.is_empty()) {
+            Some(token) if self.access.auth.is_some() => Some(self.verify(token)?),
+            None if self.access.auth_required => return Err(ConnectError::TokenMissing),
             _ => None,
         };
         let authenticated = identity.is_some();
-        let (user, rooms) = match identity {
-            Some(Identity { user, rooms }) => {
-                if let Err(err) = self.limits.check_user(&user) {
-                    return Err(ConnectError::TokenInvalid(format!("the token's user is not a usable name: {err}")));
-                }
-                (Some(user), rooms)
-            }
+        let (user, rooms, expires_at) = match identity {
+            Some(Identity { user, rooms, expires_at }) => (Some(user), rooms, Some(expires_at)),
             None => {
                 let user = offer.user.filter(|u| !u.is_empty());
                 if let Some(Err(err)) = user.map(|u| self.limits.check_user(u)) {
                     return Err(ConnectError::InvalidUser(format!("?user (or auth {{user}}): {err}")));
                 }
-                (user.map(str::to_owned), RoomGrant::default())
+                (user.map(str::to_owned), RoomGrant::default(), None)
             }
         };
         let slot = self.take_slot(offer.ip)?;
-        Ok(Admitted { user, rooms, authenticated, slot })
+        Ok(Admitted { user, rooms, authenticated, expires_at, slot })
+    }
+
+    /// Checks a token, at connect or when a connection refreshes its own.
+    pub fn verify(&self, token: &str) -> Result<Identity, ConnectError> {
+        let Some(auth) = &self.access.auth else {
+            return Err(ConnectError::TokenInvalid(
+                "this server checks no tokens (no --auth-jwt-secret or key)".into(),
+            ));
+        };
+        let identity = auth.verify(token)?;
+        if let Err(err) = self.limits.check_user(&identity.user) {
+            return Err(ConnectError::TokenInvalid(format!("the token's user is not a usable name: {err}")));
+        }
+        Ok(identity)
     }
 
     fn take_slot(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, ConnectError> {

@@ -1,8 +1,8 @@
 //! Who a client is: an optional JWT (HS256 with a shared secret, or RS256 with a public
 //! key) whose `sub` (or `name`) is the user name, and whose `rooms` claim, a list of glob
-//! patterns, limits the rooms it may join. Tokens are checked once, at connect: the
-//! signature, `exp` and `nbf` (5 s of leeway), and `aud` and `iss` when the server names
-//! them.
+//! patterns, limits the rooms it may join. Tokens are checked at connect and at each
+//! refresh: the signature, `exp` and `nbf` (5 s of leeway), and `aud` and `iss` when the
+//! server names them.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -46,6 +46,8 @@ enum RoomsClaim {
 pub struct Identity {
     pub user: String,
     pub rooms: RoomGrant,
+    /// The token's `exp`, in Unix seconds.
+    pub expires_at: u64,
 }
 
 /// The rooms a connection may join: all of them, or those matching a pattern.
@@ -142,7 +144,7 @@ impl Auth {
                 })?))
             }
         };
-        Ok(Identity { user, rooms })
+        Ok(Identity { user, rooms, expires_at: claims.exp })
     }
 }
 

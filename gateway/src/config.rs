@@ -70,6 +70,10 @@ pub struct EdgeArgs {
     /// Accept only tokens whose `iss` claim is this issuer.
     #[arg(long, env = "ROOMCAST_AUTH_ISSUER")]
     pub auth_issuer: Option<String>,
+    /// Seconds a connection whose token expired has to send a new one (`refresh`) after it
+    /// is asked (`refresh_needed`); then it is closed with 4401.
+    #[arg(long, env = "ROOMCAST_AUTH_REFRESH_GRACE_SECONDS", default_value_t = Limits::default().refresh_grace.as_secs_f64())]
+    pub auth_refresh_grace_seconds: f64,
     /// Refuse connections without a valid token; user names then come only from tokens.
     #[arg(long, env = "ROOMCAST_AUTH_REQUIRED")]
     pub auth_required: bool,
@@ -136,6 +140,8 @@ impl EdgeArgs {
             presence_list_max: self.presence_list_max,
             presence_grace: std::time::Duration::try_from_secs_f64(self.presence_grace_seconds)
                 .context("--presence-grace-seconds must be a number of seconds, 0 or more")?,
+            refresh_grace: std::time::Duration::try_from_secs_f64(self.auth_refresh_grace_seconds)
+                .context("--auth-refresh-grace-seconds must be a number of seconds, 0 or more")?,
             ..Limits::default()
         };
         anyhow::ensure!(limits.frames_per_second > 0, "--frames-per-second must be at least 1");

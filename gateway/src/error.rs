@@ -41,6 +41,9 @@ pub enum ClientError {
     Unavailable(String),
     #[error("the message could not be stored in time; it may still be stored: resend it with the same client_id")]
     Timeout,
+    /// A refresh token that cannot replace the connection's.
+    #[error("{0}")]
+    TokenInvalid(String),
 }
 
 impl ClientError {
@@ -61,6 +64,7 @@ impl ClientError {
             ClientError::RateLimited(_) => "rate_limited",
             ClientError::Unavailable(_) => "unavailable",
             ClientError::Timeout => "timeout",
+            ClientError::TokenInvalid(_) => "token_invalid",
         }
     }
 
@@ -80,6 +84,7 @@ impl ClientError {
             ClientError::TooManyRooms { .. } => "too_many_rooms",
             ClientError::Overloaded { .. } => "overloaded",
             ClientError::RateLimited(_) => "rate_limited",
+            ClientError::TokenInvalid(_) => "token_invalid",
             ClientError::Unavailable(_) | ClientError::Timeout => return None,
         })
     }
@@ -95,6 +100,7 @@ impl ClientError {
         "too_many_rooms",
         "overloaded",
         "rate_limited",
+        "token_invalid",
     ];
 }
 
@@ -168,12 +174,20 @@ pub enum CloseCode {
     Restart,
     /// The client fell too far behind.
     SlowConsumer,
+    /// The token expired and no new one came within the grace period.
+    TokenExpired,
 }
 
 impl CloseCode {
     #[cfg(test)]
-    pub const ALL: [CloseCode; 5] =
-        [CloseCode::Normal, CloseCode::Gone, CloseCode::TooBig, CloseCode::Restart, CloseCode::SlowConsumer];
+    pub const ALL: [CloseCode; 6] = [
+        CloseCode::Normal,
+        CloseCode::Gone,
+        CloseCode::TooBig,
+        CloseCode::Restart,
+        CloseCode::SlowConsumer,
+        CloseCode::TokenExpired,
+    ];
 
     pub fn code(self) -> u16 {
         match self {
@@ -182,6 +196,7 @@ impl CloseCode {
             CloseCode::TooBig => 1009,
             CloseCode::Restart => 1012,
             CloseCode::SlowConsumer => 4001,
+            CloseCode::TokenExpired => 4401,
         }
     }
 
@@ -193,6 +208,7 @@ impl CloseCode {
             CloseCode::TooBig => "frame too large",
             CloseCode::Restart => "server restarting: reconnect",
             CloseCode::SlowConsumer => "slow consumer: send queue full",
+            CloseCode::TokenExpired => "token expired: reconnect with a new token",
         }
     }
 
@@ -204,6 +220,7 @@ impl CloseCode {
             CloseCode::TooBig => "protocol_error",
             CloseCode::Restart => "drain",
             CloseCode::SlowConsumer => "slow_consumer",
+            CloseCode::TokenExpired => "token_expired",
         }
     }
 }
@@ -227,6 +244,7 @@ mod tests {
             ClientError::RateLimited(String::new()),
             ClientError::Unavailable("x".into()),
             ClientError::Timeout,
+            ClientError::TokenInvalid("x".into()),
         ];
         for error in &all {
             match error {
@@ -240,7 +258,8 @@ mod tests {
                 | ClientError::Overloaded { .. }
                 | ClientError::RateLimited(_)
                 | ClientError::Unavailable(_)
-                | ClientError::Timeout => {}
+                | ClientError::Timeout
+                | ClientError::TokenInvalid(_) => {}
             }
         }
         all

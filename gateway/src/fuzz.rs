@@ -30,7 +30,7 @@ fn answer(text: &str, limits: &Limits) -> Result<ClientFrame, ClientError> {
         | ClientFrame::History { room, .. }
         | ClientFrame::Presence { room }
         | ClientFrame::Typing { room } => check_fields(limits, room, None, None),
-        ClientFrame::Rooms { .. } => Ok(()),
+        ClientFrame::Rooms { .. } | ClientFrame::Refresh { .. } => Ok(()),
     }?;
     Ok(frame)
 }
@@ -51,6 +51,7 @@ fn json_value() -> impl Strategy<Value = Value> {
             Just("presence"),
             Just("typing"),
             Just("rooms"),
+            Just("refresh"),
             Just("room"),
             Just("$gt")
         ]
@@ -121,7 +122,7 @@ fn check_decode(text: &str) {
         ) => {
             assert!(limits.check_room(&room).is_ok());
         }
-        Ok(ClientFrame::Rooms { .. }) => {}
+        Ok(ClientFrame::Rooms { .. } | ClientFrame::Refresh { .. }) => {}
         Err(refusal) => {
             assert!(CODES.contains(&refusal.code()), "undocumented code {}", refusal.code());
             assert!(!refusal.to_string().is_empty());

@@ -11,7 +11,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::admission::Admitted;
-use crate::conn::{Conn, SendRequest, Sent};
+use crate::conn::{Conn, SendRequest, Sent, TokenStep};
 use crate::error::{ClientError, CloseCode, Malformed};
 use crate::hub::Hub;
 use crate::outbox::{outbox, Outbox, Wire};
@@ -86,6 +86,16 @@ async fn read(
             _ = &mut drain => {
                 outbox.close(CloseCode::Restart);
             }
+            step = conn.token_due() => match step {
+                TokenStep::RefreshNeeded => {
+                    let grace_seconds = conn.hub().limits.refresh_grace.as_secs_f64();
+                    outbox.push_json(ServerFrame::RefreshNeeded { grace_seconds }.to_json());
+                }
+                TokenStep::Expired => {
+                    outbox.close(CloseCode::TokenExpired);
+                    return CloseCode::TokenExpired.disconnect_reason();
+                }
+            },
             frame = incoming.next() => {
                 if let (Some(timer), Some(limit)) = (silent.as_mut(), silence) {
                     timer.as_mut().reset(tokio::time::Instant::now() + limit);
@@ -194,6 +204,12 @@ fn on_text(conn: &Arc<Conn>, outbox: &Outbox, text: &str) {
                 reply_error(outbox, err, None, Some(&room));
             }
         }
+        ClientFrame::Refresh { token } => match conn.refresh(&token) {
+            Ok((exp, left)) => {
+                outbox.push_json(ServerFrame::Refreshed { exp, left: &left }.to_json());
+            }
+            Err(err) => reply_error(outbox, err, None, None),
+        },
         ClientFrame::Rooms { offset, limit } => {
             let (outbox, page) = (outbox.clone(), conn.rooms(offset, limit));
             tokio::spawn(async move {

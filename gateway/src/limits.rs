@@ -40,6 +40,8 @@ pub struct Limits {
     pub presence_list_max: usize,
     /// How long a user who left a room is still shown in its presence.
     pub presence_grace: std::time::Duration,
+    /// How long a connection whose token expired has to send a new one.
+    pub refresh_grace: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -64,6 +66,7 @@ impl Default for Limits {
             rooms_created_per_minute: 10,
             presence_list_max: 100,
             presence_grace: std::time::Duration::from_secs(3),
+            refresh_grace: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -196,7 +196,7 @@ pub fn describe() {
         counter!("roomcast_gateway_refused_connections_total", "reason" => *reason).absolute(0);
     }
     for protocol in PROTOCOLS {
-        for reason in ["client_close", "error", "slow_consumer", "drain", "protocol_error", "silent"] {
+        for reason in ["client_close", "error", "slow_consumer", "drain", "protocol_error", "silent", "token_expired"] {
             counter!("roomcast_gateway_disconnects_total", "protocol" => protocol, "reason" => reason).absolute(0);
         }
         gauge!("roomcast_gateway_connections", "protocol" => protocol).set(0.0);

@@ -17,9 +17,10 @@ pub enum ClientFrame {
     Presence { room: String },
     Typing { room: String },
     Rooms { offset: Option<u32>, limit: Option<u32> },
+    Refresh { token: String },
 }
 
-const CLIENT_TYPES: &[&str] = &["join", "leave", "send", "history", "presence", "typing", "rooms"];
+const CLIENT_TYPES: &[&str] = &["join", "leave", "send", "history", "presence", "typing", "rooms", "refresh"];
 
 /// A frame that could not be decoded, with the `client_id` it carried, if it got that far.
 #[derive(Debug, PartialEq)]
@@ -125,6 +126,16 @@ pub enum ServerFrame<'a> {
     },
     Left {
         room: &'a str,
+    },
+    /// The token has expired: send `refresh` within `grace_seconds`, or be closed (4401).
+    RefreshNeeded {
+        grace_seconds: f64,
+    },
+    /// A refresh was taken: the new token's `exp`, and the joined rooms it does not grant,
+    /// which were left.
+    Refreshed {
+        exp: u64,
+        left: &'a [String],
     },
     Error {
         code: &'a str,

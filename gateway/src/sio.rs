@@ -9,7 +9,7 @@
 //! so every client of a room sees the same messages in the same order.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use roomcast_proto::ChatMessage;
@@ -21,12 +21,13 @@ use socketioxide::socket::DisconnectReason;
 use socketioxide::SocketIo;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
 
 use crate::admission::{Admitted, Offer, PeerAddr};
 use crate::auth::RoomGrant;
-use crate::conn::{Conn, SendRequest, Sent};
+use crate::conn::{Conn, SendRequest, Sent, TokenStep};
 use crate::directory::{Entry, DIRECTORY};
-use crate::error::{ClientError, ConnectError, Malformed};
+use crate::error::{ClientError, CloseCode, ConnectError, Malformed};
 use crate::hub::Hub;
 use crate::metrics::METRICS;
 use crate::presence::{Notice, Snapshot};
@@ -73,7 +74,8 @@ pub fn install(io: &SocketIo, hub: Arc<Hub>) {
         if !grant.is_restricted() {
             socket.join(EVERY_ROOM);
         }
-        let _ = socket.emit("room", &directory.snapshot(grant));
+        let _ = socket.emit("room", &directory.snapshot(&grant));
+        tokio::spawn(watch_token(socket.clone(), state.clone()));
     };
     io.ns("/", connected.with(register));
 }
@@ -101,6 +103,10 @@ struct Socket {
     /// Set once socketioxide counts the socket as connected (it sends the connect packet
     /// first, and until then emits to the socket fail).
     connected: watch::Sender<bool>,
+    /// Cancelled when the socket is gone: ends its token watch.
+    gone: CancellationToken,
+    /// Set when the server closes the socket because its token ran out.
+    expired: AtomicBool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -141,7 +147,13 @@ fn emit_error(socket: &SocketRef, err: &ClientError, room: Option<&str>) {
 }
 
 fn on_connect(socket: SocketRef, conn: Arc<Conn>) {
-    let state = Arc::new(Socket { conn, sent: AtomicU64::new(0), connected: watch::Sender::new(false) });
+    let state = Arc::new(Socket {
+        conn,
+        sent: AtomicU64::new(0),
+        connected: watch::Sender::new(false),
+        gone: CancellationToken::new(),
+        expired: AtomicBool::new(false),
+    });
     socket.extensions.insert(state.clone());
 
     let s = state.clone();
@@ -318,14 +330,62 @@ fn on_connect(socket: SocketRef, conn: Arc<Conn>) {
             });
         })
     });
+    let s = state.clone();
+    socket.on("refresh", move |socket: SocketRef, Data(args): Data<Value>, ack: AckSender| {
+        inline(move || {
+            let reply = Reply::Ack(ack);
+            let RefreshArgs { token } = match accept(&s.conn, args, "refresh needs {token}") {
+                Ok(args) => args,
+                Err(err) => return reply.error(&err, None, None),
+            };
+            match s.conn.refresh(&token) {
+                Ok((exp, left)) => {
+                    // The room map follows the new grant.
+                    if s.conn.grant().is_restricted() {
+                        socket.leave(EVERY_ROOM);
+                    } else {
+                        socket.join(EVERY_ROOM);
+                    }
+                    reply.ack(&json!({"exp": exp, "left": left}));
+                }
+                Err(err) => reply.error(&err, None, None),
+            }
+        })
+    });
     socket.on_disconnect(async move |reason: DisconnectReason| {
+        state.gone.cancel();
         let reason = match reason {
+            _ if state.expired.load(Ordering::Relaxed) => "token_expired",
             DisconnectReason::TransportClose | DisconnectReason::ClientNSDisconnect => "client_close",
             DisconnectReason::ServerNSDisconnect | DisconnectReason::ClosingServer => "drain",
             _ => "error",
         };
         state.conn.close(reason);
     });
+}
+
+/// Follows a socket's token until it is gone: asks for a new one (`refresh_needed`) when
+/// it expires, and disconnects it (after a `token_expired` event) when none came in time.
+async fn watch_token(socket: SocketRef, state: Arc<Socket>) {
+    loop {
+        let step = tokio::select! {
+            step = state.conn.token_due() => step,
+            _ = state.gone.cancelled() => return,
+        };
+        match step {
+            TokenStep::RefreshNeeded => {
+                let grace_seconds = state.conn.hub().limits.refresh_grace.as_secs_f64();
+                let _ = socket.emit("refresh_needed", &json!({"grace_seconds": grace_seconds}));
+            }
+            TokenStep::Expired => {
+                let close = CloseCode::TokenExpired;
+                state.expired.store(true, Ordering::Relaxed);
+                let _ = socket.emit("token_expired", &json!({"code": close.code(), "reason": close.reason()}));
+                let _ = socket.disconnect();
+                return;
+            }
+        }
+    }
 }
 
 /// A send's answer: the ack with the stored message's position, or the error.
@@ -461,6 +521,13 @@ pub(crate) struct RoomArgs {
 pub(crate) struct RoomsArgs {
     offset: Option<u32>,
     limit: Option<u32>,
+}
+
+/// `refresh({token})`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RefreshArgs {
+    token: String,
 }
 
 /// A serializable value as an object with `room` added: roomcast's events carry the room.
@@ -607,7 +674,7 @@ impl Directory {
         for socket in self.io.sockets() {
             let Some(state) = socket.extensions.get::<Arc<Socket>>() else { continue };
             if state.conn.grant().is_restricted() {
-                let _ = socket.emit("room", &self.snapshot(state.conn.grant()));
+                let _ = socket.emit("room", &self.snapshot(&state.conn.grant()));
             }
         }
     }

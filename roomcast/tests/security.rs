@@ -310,6 +310,50 @@ async fn tokens_are_refused_by_name_for_nbf_audience_issuer_and_algorithm() {
     Client::connect_query(&base, "ada", &format!("token={good}")).await.expect("audience and issuer match");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_is_refreshed_or_the_connection_closes_with_4401() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_proc, port, metrics) = start_roomcast(
+        "auth-refresh",
+        dir.path(),
+        &["--auth-jwt-secret", SECRET, "--auth-required", "--auth-refresh-grace-seconds", "2"],
+    );
+    let base = format!("ws://127.0.0.1:{port}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let short = |user: &str| signed(json!({"sub": user, "exp": now + 3, "rooms": ["lobby", "team-*"]}));
+    let mut ada = Client::connect_query(&base, "ada", &format!("token={}", short("ada"))).await.expect("ada");
+    let mut bo = Client::connect_query(&base, "bo", &format!("token={}", short("bo"))).await.expect("bo");
+    ada.join("lobby", None).await;
+    ada.join("team-red", None).await;
+    bo.join("lobby", None).await;
+
+    // Ada is asked when her token's exp passes, and refreshes it: a new exp, a narrower
+    // grant (team-red is left), the same connection.
+    let asked = ada.wait_for(|f| f["type"] == "refresh_needed").await;
+    assert_eq!(asked["grace_seconds"], 2.0, "{asked}");
+    let exp = now + 3600;
+    ada.send_json(json!({"type": "refresh", "token": signed(json!({"sub": "ada", "exp": exp, "rooms": ["lobby"]}))}))
+        .await;
+    let refreshed = ada.wait_for(|f| f["type"] == "refreshed").await;
+    assert_eq!((refreshed["exp"].as_u64(), &refreshed["left"]), (Some(exp), &json!(["team-red"])), "{refreshed}");
+    // A token for another user is refused, and the connection keeps its own.
+    ada.send_json(json!({"type": "refresh", "token": signed(json!({"sub": "mallory", "exp": exp}))})).await;
+    let refused = ada.wait_for(|f| f["type"] == "error").await;
+    assert_eq!(refused["code"], "token_invalid", "{refused}");
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains("mallory")), "{refused}");
+
+    // Bo never refreshes: asked, then closed with 4401 after the grace period.
+    assert_eq!(bo.wait_close().await, Some(4401), "an expired token's connection is closed with 4401");
+    assert!(bo.frames.iter().any(|f| f["type"] == "refresh_needed"), "bo was asked first");
+    // Past the old token's exp and grace, Ada still sends.
+    ada.send("lobby", "still here", "a1").await;
+    ada.wait_for(|f| f["type"] == "ack" && f["client_id"] == "a1").await;
+    let closed = "roomcast_gateway_disconnects_total{protocol=\"ws\",reason=\"token_expired\"}";
+    assert_eq!(metric(metrics, closed), 1.0);
+    assert_eq!(metric(metrics, "roomcast_gateway_token_refreshes_total{result=\"ok\"}"), 1.0);
+    assert_eq!(metric(metrics, "roomcast_gateway_token_refreshes_total{result=\"refused\"}"), 1.0);
+}
+
 #[test]
 fn a_request_head_over_16_kib_is_answered_431() {
     use std::io::{Read, Write};

@@ -63,13 +63,41 @@ pub struct RoomsPage {
 /// Rooms in a directory page when the client asks for no number.
 pub const ROOMS_PAGE: u32 = 50;
 
+/// Where a connection's token stands.
+struct TokenClock {
+    /// The token's `exp` (Unix seconds); None without a token.
+    expires_at: Option<u64>,
+    /// True once the client was asked for a new token.
+    asked: bool,
+}
+
+/// What a front door does when [`Conn::token_due`] returns.
+#[derive(Debug, PartialEq)]
+pub enum TokenStep {
+    /// Ask the client for a new token (`refresh_needed`).
+    RefreshNeeded,
+    /// Close the connection (4401): no new token came in time.
+    Expired,
+}
+
+/// The tokio instant of a Unix time in seconds (now, if it has passed).
+fn instant_of(unix_seconds: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let left = std::time::Duration::from_secs(unix_seconds).saturating_sub(now);
+    tokio::time::Instant::now() + left
+}
+
 pub struct Conn {
     hub: Arc<Hub>,
     protocol: &'static str,
     member: MemberId,
     user: Option<String>,
     authenticated: bool,
-    grant: RoomGrant,
+    /// What the token grants; a refresh replaces it.
+    grant: Mutex<RoomGrant>,
+    token: Mutex<TokenClock>,
+    /// Wakes `token_due` when a refresh moved the clock.
+    token_moved: tokio::sync::Notify,
     limiter: DefaultDirectRateLimiter,
     received: &'static Counter,
     send_duration: &'static Histogram,
@@ -89,7 +117,9 @@ impl Conn {
             protocol,
             user: admitted.user,
             authenticated: admitted.authenticated,
-            grant: admitted.rooms,
+            grant: Mutex::new(admitted.rooms),
+            token: Mutex::new(TokenClock { expires_at: admitted.expires_at, asked: false }),
+            token_moved: tokio::sync::Notify::new(),
             limiter: hub.limits.frame_limiter(),
             received: &METRICS.protocol(protocol).frames_received,
             send_duration: &METRICS.protocol(protocol).send_duration,
@@ -164,8 +194,86 @@ impl Conn {
     }
 
     /// The rooms this connection's token grants.
-    pub fn grant(&self) -> &RoomGrant {
-        &self.grant
+    pub fn grant(&self) -> RoomGrant {
+        self.grant.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until this connection's token needs a refresh (its `exp`), and after that
+    /// until it has run out for good (`exp` + `--auth-refresh-grace-seconds`) unless a
+    /// refresh came; never returns for a connection without a token. Each front door
+    /// waits on it: the first step asks the client for a new token, the second closes.
+    pub async fn token_due(&self) -> TokenStep {
+        loop {
+            let moved = self.token_moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            let (expires_at, asked) = {
+                let clock = self.token_clock();
+                (clock.expires_at, clock.asked)
+            };
+            let Some(expires_at) = expires_at else {
+                moved.await;
+                continue;
+            };
+            let mut deadline = instant_of(expires_at);
+            if asked {
+                deadline += self.hub.limits.refresh_grace;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    if asked {
+                        return TokenStep::Expired;
+                    }
+                    self.token_clock().asked = true;
+                    return TokenStep::RefreshNeeded;
+                }
+                _ = &mut moved => {}
+            }
+        }
+    }
+
+    /// Replaces this connection's token with `token`, which must name the same user: its
+    /// `exp` and rooms grant replace the old ones, and joined rooms it does not grant are
+    /// left. Answers the new `exp` and the rooms left.
+    pub fn refresh(&self, token: &str) -> Result<(u64, Vec<String>), ClientError> {
+        let result = self.swap_token(token);
+        let outcome = if result.is_ok() { "ok" } else { "refused" };
+        metrics::counter!("roomcast_gateway_token_refreshes_total", "result" => outcome).increment(1);
+        result
+    }
+
+    fn swap_token(&self, token: &str) -> Result<(u64, Vec<String>), ClientError> {
+        let identity = self
+            .hub
+            .admission
+            .verify(token)
+            .map_err(|err| self.refused(ClientError::TokenInvalid(format!("{}: {err}", err.code()))))?;
+        if !self.authenticated || self.user.as_deref() != Some(identity.user.as_str()) {
+            let message = match &self.user {
+                Some(user) if self.authenticated => {
+                    format!("the new token names {}, not this connection's user {user}", identity.user)
+                }
+                _ => "this connection has no token to refresh: connect with one".to_owned(),
+            };
+            return Err(self.refused(ClientError::TokenInvalid(message)));
+        }
+        let left: Vec<String> = {
+            let mut rooms = self.joined_rooms();
+            let gone: Vec<String> = rooms.iter().filter(|room| !identity.rooms.allows(room)).cloned().collect();
+            for room in &gone {
+                rooms.remove(room);
+                self.hub.rooms.leave(room, self.member);
+            }
+            gone
+        };
+        *self.grant.lock().unwrap_or_else(|p| p.into_inner()) = identity.rooms;
+        *self.token_clock() = TokenClock { expires_at: Some(identity.expires_at), asked: false };
+        self.token_moved.notify_waiters();
+        Ok((identity.expires_at, left))
+    }
+
+    fn token_clock(&self) -> MutexGuard<'_, TokenClock> {
+        self.token.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A page of the room directory, most recently active first, with member counts;
@@ -175,7 +283,7 @@ impl Conn {
         offset: Option<u32>,
         limit: Option<u32>,
     ) -> impl Future<Output = Result<RoomsPage, ClientError>> + Send + 'static {
-        let (broker, grant) = (self.hub.broker.clone(), self.grant.clone());
+        let (broker, grant) = (self.hub.broker.clone(), self.grant());
         let offset = offset.unwrap_or(0);
         let limit = limit.unwrap_or(ROOMS_PAGE).clamp(1, fanout::MAX_ROOMS_PAGE);
         async move {
@@ -231,7 +339,7 @@ impl Conn {
             return on_created(Err(self.refused(ClientError::bad_request(Malformed::Field, message))));
         }
         let room_id = ulid::Ulid::new().to_string();
-        if !self.grant.allows(&room_id) {
+        if !self.grant().allows(&room_id) {
             return on_created(Err(self.refused(ClientError::ForbiddenRoom { room: room_id })));
         }
         let creator = match &self.user {
@@ -309,7 +417,7 @@ impl Conn {
     /// A valid room name the token grants.
     fn check_access(&self, room: &str) -> Result<(), ClientError> {
         check_fields(&self.hub.limits, room, None, None).map_err(|err| self.refused(err))?;
-        if !self.grant.allows(room) {
+        if !self.grant().allows(room) {
             return Err(self.refused(ClientError::ForbiddenRoom { room: room.to_owned() }));
         }
         Ok(())
@@ -325,7 +433,7 @@ impl Conn {
     ) -> Result<String, ClientError> {
         let limits = &self.hub.limits;
         check_fields(limits, room, Some(text), Some(client_id))?;
-        if !self.grant.allows(room) {
+        if !self.grant().allows(room) {
             return Err(ClientError::ForbiddenRoom { room: room.to_owned() });
         }
         if !self.joined_rooms().contains(room) {
