@@ -86,7 +86,7 @@ async fn read(
             _ = &mut drain => {
                 outbox.close(CloseCode::Restart);
             }
-            step = conn.token_due() => match step {
+            step = conn.token_due(), if conn.has_token() => match step {
                 TokenStep::RefreshNeeded => {
                     let grace_seconds = conn.hub().limits.refresh_grace.as_secs_f64();
                     outbox.push_json(ServerFrame::RefreshNeeded { grace_seconds }.to_json());

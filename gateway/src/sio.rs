@@ -75,7 +75,9 @@ pub fn install(io: &SocketIo, hub: Arc<Hub>) {
             socket.join(EVERY_ROOM);
         }
         let _ = socket.emit("room", &directory.snapshot(&grant));
-        tokio::spawn(watch_token(socket.clone(), state.clone()));
+        if state.conn.has_token() {
+            tokio::spawn(watch_token(socket.clone(), state.clone()));
+        }
     };
     io.ns("/", connected.with(register));
 }

@@ -67,12 +67,14 @@ pub const ROOMS_PAGE: u32 = 50;
 struct TokenClock {
     /// The token's `exp` (Unix seconds); None without a token.
     expires_at: Option<u64>,
-    /// True once the client was asked for a new token.
-    asked: bool,
+    /// Set when the client is asked for a new token: the close comes then.
+    close_at: Option<tokio::time::Instant>,
+    /// Counts refreshes, so that a timer that fired for an older token does nothing.
+    generation: u64,
 }
 
 /// What a front door does when [`Conn::token_due`] returns.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TokenStep {
     /// Ask the client for a new token (`refresh_needed`).
     RefreshNeeded,
@@ -80,10 +82,12 @@ pub enum TokenStep {
     Expired,
 }
 
-/// The tokio instant of a Unix time in seconds (now, if it has passed).
+/// The tokio instant of a Unix time in seconds (now, if it has passed; at most a year
+/// ahead, so that a huge `exp` cannot overflow the clock).
 fn instant_of(unix_seconds: u64) -> tokio::time::Instant {
+    const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let left = std::time::Duration::from_secs(unix_seconds).saturating_sub(now);
+    let left = std::time::Duration::from_secs(unix_seconds).saturating_sub(now).min(YEAR);
     tokio::time::Instant::now() + left
 }
 
@@ -94,7 +98,7 @@ pub struct Conn {
     user: Option<String>,
     authenticated: bool,
     /// What the token grants; a refresh replaces it.
-    grant: Mutex<RoomGrant>,
+    grant: Mutex<Arc<RoomGrant>>,
     token: Mutex<TokenClock>,
     /// Wakes `token_due` when a refresh moved the clock.
     token_moved: tokio::sync::Notify,
@@ -117,8 +121,8 @@ impl Conn {
             protocol,
             user: admitted.user,
             authenticated: admitted.authenticated,
-            grant: Mutex::new(admitted.rooms),
-            token: Mutex::new(TokenClock { expires_at: admitted.expires_at, asked: false }),
+            grant: Mutex::new(Arc::new(admitted.rooms)),
+            token: Mutex::new(TokenClock { expires_at: admitted.expires_at, close_at: None, generation: 0 }),
             token_moved: tokio::sync::Notify::new(),
             limiter: hub.limits.frame_limiter(),
             received: &METRICS.protocol(protocol).frames_received,
@@ -151,9 +155,11 @@ impl Conn {
     /// Joins `room`; its history (or what was missed after `since`) and then its live
     /// messages go to `sink`. Joining a room again is a resync from `since`.
     pub fn join(&self, room: &str, since: Option<u64>, sink: Arc<dyn Sink>) -> Result<(), ClientError> {
-        self.check_access(room)?;
         {
+            // The grant is checked under the rooms lock, which a refresh holds while it
+            // swaps the grant and leaves what the new one does not cover.
             let mut rooms = self.joined_rooms();
+            self.check_access(room)?;
             if rooms.contains(room) {
                 self.hub.rooms.leave(room, self.member);
             } else if rooms.len() >= self.hub.limits.max_rooms_per_connection {
@@ -194,8 +200,13 @@ impl Conn {
     }
 
     /// The rooms this connection's token grants.
-    pub fn grant(&self) -> RoomGrant {
+    pub fn grant(&self) -> Arc<RoomGrant> {
         self.grant.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// True when the connection came with a token (and so can expire and be refreshed).
+    pub fn has_token(&self) -> bool {
+        self.authenticated
     }
 
     /// Waits until this connection's token needs a refresh (its `exp`), and after that
@@ -207,25 +218,30 @@ impl Conn {
             let moved = self.token_moved.notified();
             tokio::pin!(moved);
             moved.as_mut().enable();
-            let (expires_at, asked) = {
+            let (expires_at, close_at, generation) = {
                 let clock = self.token_clock();
-                (clock.expires_at, clock.asked)
+                (clock.expires_at, clock.close_at, clock.generation)
             };
             let Some(expires_at) = expires_at else {
                 moved.await;
                 continue;
             };
-            let mut deadline = instant_of(expires_at);
-            if asked {
-                deadline += self.hub.limits.refresh_grace;
-            }
+            // The close time is fixed when the client is asked: waiting again (the codec
+            // recreates this future on every frame) never moves it.
+            let (deadline, step) = match close_at {
+                Some(at) => (at, TokenStep::Expired),
+                None => (instant_of(expires_at), TokenStep::RefreshNeeded),
+            };
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
-                    if asked {
-                        return TokenStep::Expired;
+                    let mut clock = self.token_clock();
+                    if clock.generation != generation {
+                        continue; // a refresh came meanwhile
                     }
-                    self.token_clock().asked = true;
-                    return TokenStep::RefreshNeeded;
+                    if step == TokenStep::RefreshNeeded {
+                        clock.close_at = Some(tokio::time::Instant::now() + self.hub.limits.refresh_grace);
+                    }
+                    return step;
                 }
                 _ = &mut moved => {}
             }
@@ -264,10 +280,15 @@ impl Conn {
                 rooms.remove(room);
                 self.hub.rooms.leave(room, self.member);
             }
+            *self.grant.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(identity.rooms);
             gone
         };
-        *self.grant.lock().unwrap_or_else(|p| p.into_inner()) = identity.rooms;
-        *self.token_clock() = TokenClock { expires_at: Some(identity.expires_at), asked: false };
+        {
+            let mut clock = self.token_clock();
+            clock.expires_at = Some(identity.expires_at);
+            clock.close_at = None;
+            clock.generation += 1;
+        }
         self.token_moved.notify_waiters();
         Ok((identity.expires_at, left))
     }
