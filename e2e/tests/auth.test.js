@@ -368,19 +368,29 @@ test('Socket.IO: an expiring token is refreshed, or the socket gets token_expire
     await closeAll(server, sockets, []);
     await server.stop();
   });
+  // A room outside ada's first grant, in the room map (the directory).
+  const cy = await connect(server.url, { auth: { token: sign({ sub: 'cy', exp: nowSeconds() + 600 }) } }, sockets);
+  const { roomId } = await ack(cy, 'create_room', { roomName: 'Open plans' });
+  assert.ok(roomId, 'cy created a room');
+
   const soon = nowSeconds() + 3;
-  const ada = await connect(server.url, { auth: { token: sign({ sub: 'ada', exp: soon }) } }, sockets);
+  const ada = await connect(server.url, { auth: { token: sign({ sub: 'ada', exp: soon, rooms: ['team-*'] }) } }, sockets);
   const bo = await connect(server.url, { auth: { token: sign({ sub: 'bo', exp: soon }) } }, sockets);
+  const boAsked = next(bo, 'refresh_needed');
   const boExpired = next(bo, 'token_expired');
   const boGone = new Promise((resolve) => bo.once('disconnect', resolve));
 
   const [asked] = await next(ada, 'refresh_needed');
   assert.equal(asked.grace_seconds, 2, JSON.stringify(asked));
   const exp = nowSeconds() + 3600;
+  // The new token grants every room: the room map now shows cy's room at once.
+  const wider = next(ada, 'room', (map) => roomId in map);
   assert.deepEqual(await ack(ada, 'refresh', { token: sign({ sub: 'ada', exp }) }), { exp, left: [] });
+  await wider;
   const other = await ack(ada, 'refresh', { token: sign({ sub: 'mallory', exp }) });
   assert.equal(other.error?.code, 'token_invalid', JSON.stringify(other));
 
+  await boAsked;
   const [expired] = await boExpired;
   assert.equal(expired.code, 4401, JSON.stringify(expired));
   assert.equal(await boGone, 'io server disconnect');

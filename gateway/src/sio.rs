@@ -62,9 +62,10 @@ pub fn install(io: &SocketIo, hub: Arc<Hub>) {
     // Handlers are registered in a middleware, which runs before the client is told it is
     // connected: events it sends right away find their handler.
     // A refused connection gets a connect_error carrying the refusal's code and message.
+    let map = directory.clone();
     let register = async move |socket: SocketRef, Data(auth): Data<Value>| -> Result<(), String> {
         let admitted = admit(&socket, &auth, &hub).map_err(|err| format!("{}: {err}", err.code()))?;
-        on_connect(socket, Conn::open(hub.clone(), PROTOCOL, admitted));
+        on_connect(socket, Conn::open(hub.clone(), PROTOCOL, admitted), map.clone());
         Ok(())
     };
     let connected = async move |socket: SocketRef| {
@@ -148,7 +149,7 @@ fn emit_error(socket: &SocketRef, err: &ClientError, room: Option<&str>) {
     let _ = socket.emit("error", &json!({"code": err.code(), "message": err.to_string(), "room": room}));
 }
 
-fn on_connect(socket: SocketRef, conn: Arc<Conn>) {
+fn on_connect(socket: SocketRef, conn: Arc<Conn>, directory: Arc<Directory>) {
     let state = Arc::new(Socket {
         conn,
         sent: AtomicU64::new(0),
@@ -342,12 +343,14 @@ fn on_connect(socket: SocketRef, conn: Arc<Conn>) {
             };
             match s.conn.refresh(&token) {
                 Ok((exp, left)) => {
-                    // The room map follows the new grant.
-                    if s.conn.grant().is_restricted() {
+                    // The room map follows the new grant, from now on and at once.
+                    let grant = s.conn.grant();
+                    if grant.is_restricted() {
                         socket.leave(EVERY_ROOM);
                     } else {
                         socket.join(EVERY_ROOM);
                     }
+                    let _ = socket.emit("room", &directory.snapshot(&grant));
                     reply.ack(&json!({"exp": exp, "left": left}));
                 }
                 Err(err) => reply.error(&err, None, None),
