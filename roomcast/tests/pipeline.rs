@@ -9,16 +9,6 @@ use std::time::Duration;
 use serde_json::json;
 use support::{Client, Stack};
 
-/// Asserts a client's live messages for a room are strictly increasing (so no duplicate
-/// and no reordering) and returns their ids.
-fn ordered_ids(client: &Client, room: &str) -> Vec<String> {
-    let messages = client.messages(room);
-    for pair in messages.windows(2) {
-        assert!(pair[0].0 < pair[1].0, "{}: seq {} came after {} in room {room}", client.user, pair[1].0, pair[0].0);
-    }
-    messages.into_iter().map(|(_, id)| id).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_deliver_every_message_once_in_one_order_and_store_it() {
     let stack = Stack::start("order", 2);
@@ -51,12 +41,12 @@ async fn two_gateways_deliver_every_message_once_in_one_order_and_store_it() {
         clients.push(task.await.expect("client task"));
     }
 
-    let reference = ordered_ids(&clients[0], room);
+    let reference = clients[0].ordered_ids(room);
     assert_eq!(reference.len(), 4 * per_client);
     let mut acked = HashSet::new();
     for client in &clients {
         assert!(client.errors().is_empty(), "{} got errors: {:?}", client.user, client.errors());
-        assert_eq!(ordered_ids(client, room), reference, "{} saw another order", client.user);
+        assert_eq!(client.ordered_ids(room), reference, "{} saw another order", client.user);
         for ack in client.acks() {
             acked.insert(ack["id"].as_str().expect("ack id").to_owned());
         }
@@ -175,7 +165,7 @@ async fn redis_restart_loses_no_acked_message() {
     // the fanout resubscribed and the gateway filled what pub/sub dropped.
     reader.wait_messages(room, acked.len()).await;
     reader.settle(Duration::from_millis(500)).await;
-    let live: HashSet<String> = ordered_ids(&reader, room).into_iter().collect();
+    let live: HashSet<String> = reader.ordered_ids(room).into_iter().collect();
     assert_eq!(live, acked);
     let stored: HashSet<String> = stack.stored_ids(room).await.into_iter().collect();
     assert!(acked.is_subset(&stored));

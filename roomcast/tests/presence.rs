@@ -930,37 +930,6 @@ async fn presence_and_typing_bad_input() {
     assert_eq!(view.count, 3);
 }
 
-/// Every key in a Redis, through RESP on a plain socket (`KEYS *`).
-fn redis_keys(port: u16) -> Vec<String> {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to redis-server");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("set a read timeout");
-    stream.write_all(b"*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n").expect("send KEYS to redis-server");
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("read the KEYS reply");
-    let count: usize = line
-        .trim_end()
-        .strip_prefix('*')
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected KEYS reply {line:?}"));
-    let mut keys = Vec::with_capacity(count);
-    for _ in 0..count {
-        line.clear();
-        reader.read_line(&mut line).expect("read a key's length");
-        let len: usize = line
-            .trim_end()
-            .strip_prefix('$')
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected bulk string header {line:?}"));
-        let mut key = vec![0u8; len + 2];
-        reader.read_exact(&mut key).expect("read a key");
-        key.truncate(len);
-        keys.push(String::from_utf8_lossy(&key).into_owned());
-    }
-    keys
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_never_stored() {
     use futures::TryStreamExt;
@@ -1050,7 +1019,7 @@ async fn presence_is_never_stored() {
         assert_eq!(stored.get(room).map(Vec::as_slice), Some([(1, false)].as_slice()), "stored in {room}: {stored:?}");
     }
     // Redis: typing is only published, never kept.
-    let keys = redis_keys(stack.redis().port);
+    let keys: Vec<String> = stack.redis().cli(&["KEYS", "*"]).lines().map(str::to_owned).collect();
     assert!(!keys.iter().any(|k| k.to_lowercase().contains("typing")), "typing kept in Redis: {keys:?}");
 }
 

@@ -32,14 +32,6 @@ fn shard_subscribers(cluster: &RedisCluster, node: usize, channel: &str) -> u64 
     reply.lines().nth(1).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
 }
 
-fn ordered_ids(client: &Client, room: &str) -> Vec<String> {
-    let messages = client.messages(room);
-    for pair in messages.windows(2) {
-        assert!(pair[0].0 < pair[1].0, "{}: seq {} came after {} in {room}", client.user, pair[1].0, pair[0].0);
-    }
-    messages.into_iter().map(|(_, id)| id).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_contract_holds_with_rooms_on_every_shard() {
     let cluster = RedisCluster::start("cluster-contract");
@@ -95,11 +87,11 @@ async fn the_contract_holds_with_rooms_on_every_shard() {
         clients.iter().flat_map(|c| c.acks()).filter_map(|a| a["id"].as_str().map(str::to_owned)).collect();
     assert_eq!(acked.len(), 4 * 3 * per_room, "every send acked once");
     for (room, _) in &rooms {
-        let reference = ordered_ids(&clients[0], room);
+        let reference = clients[0].ordered_ids(room);
         assert_eq!(reference.len(), 4 * per_room, "{room}");
         for client in &clients {
             assert!(client.errors().is_empty(), "{}: {:?}", client.user, client.errors());
-            assert_eq!(ordered_ids(client, room), reference, "{} saw another order in {room}", client.user);
+            assert_eq!(client.ordered_ids(room), reference, "{} saw another order in {room}", client.user);
         }
         let stored: HashSet<String> = stack.stored_ids(room).await.into_iter().collect();
         assert!(reference.iter().all(|id| stored.contains(id)), "{room}: delivered but not stored");
@@ -276,9 +268,9 @@ async fn a_primary_killed_under_traffic_is_replaced_and_nothing_acked_is_lost() 
                 client.settle(Duration::from_millis(300)).await;
             }
         }
-        let reference = ordered_ids(&clients[0], room);
+        let reference = clients[0].ordered_ids(room);
         for client in &clients {
-            assert_eq!(ordered_ids(client, room), reference, "{} saw another order in {room}", client.user);
+            assert_eq!(client.ordered_ids(room), reference, "{} saw another order in {room}", client.user);
         }
     }
     // Each fanout counted its subscriptions coming back, as a reconnect.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use support::{bin, metric, start_roomcast, Client, Stack};
+use support::{bin, metric, openssl, start_roomcast, Client, Stack};
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "test-secret-test-secret-test-secret";
@@ -21,11 +21,6 @@ fn mint(args: &[&str]) -> String {
     let out = Command::new(bin("roomcast")).arg("token").args(args).output().expect("run roomcast token");
     assert!(out.status.success(), "roomcast token failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("utf-8 token").trim().to_owned()
-}
-
-fn openssl(args: &[&str], dir: &Path) {
-    let status = Command::new("openssl").args(args).current_dir(dir).status().expect("run openssl");
-    assert!(status.success(), "openssl {args:?} failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,8 +80,8 @@ fn http_request(port: u16, path: &str) -> tokio_tungstenite::tungstenite::handsh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rs256_tokens_verify_against_the_public_key() {
     let dir = tempfile::tempdir().expect("tempdir");
-    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "key.pem"], dir.path());
-    openssl(&["pkey", "-in", "key.pem", "-pubout", "-out", "pub.pem"], dir.path());
+    openssl(dir.path(), &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "key.pem"]);
+    openssl(dir.path(), &["pkey", "-in", "key.pem", "-pubout", "-out", "pub.pem"]);
     let public = dir.path().join("pub.pem").display().to_string();
     let (_proc, port, _) =
         start_roomcast("auth-rs256", &dir.path().join("data"), &["--auth-jwt-public-key", &public, "--auth-required"]);
@@ -174,6 +169,7 @@ async fn connection_and_rate_limits_refuse_with_their_own_codes() {
 async fn tls_serves_wss_with_the_given_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     openssl(
+        dir.path(),
         &[
             "req",
             "-x509",
@@ -193,7 +189,6 @@ async fn tls_serves_wss_with_the_given_certificate() {
             "-addext",
             "basicConstraints=critical,CA:FALSE",
         ],
-        dir.path(),
     );
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");

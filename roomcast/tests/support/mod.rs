@@ -19,7 +19,7 @@ use tokio_util::codec::{FramedRead, LinesCodec};
 
 mod redis_servers;
 #[allow(unused_imports)]
-pub use redis_servers::{tls_files, Redis, RedisCluster, RedisSetup};
+pub use redis_servers::{openssl, tls_files, Redis, RedisCluster, RedisSetup};
 
 /// A port nothing listens on, never handed out twice in this test process (the OS may
 /// offer a just-released port again).
@@ -725,6 +725,16 @@ impl Client {
             .filter(|f| f["type"] == "message" && f["room"] == room)
             .map(|f| (f["seq"].as_u64().expect("seq"), f["id"].as_str().expect("id").to_owned()))
             .collect()
+    }
+
+    /// The ids of this client's live messages for `room`, asserting their seqs strictly
+    /// increase (so no duplicate and no reordering).
+    pub fn ordered_ids(&self, room: &str) -> Vec<String> {
+        let messages = self.messages(room);
+        for pair in messages.windows(2) {
+            assert!(pair[0].0 < pair[1].0, "{}: seq {} came after {} in room {room}", self.user, pair[1].0, pair[0].0);
+        }
+        messages.into_iter().map(|(_, id)| id).collect()
     }
 
     pub fn acks(&self) -> Vec<Value> {

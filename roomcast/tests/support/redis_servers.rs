@@ -314,7 +314,8 @@ fn make_ca(dir: &Path, name: &str) {
     );
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// `openssl ARGS` in `dir`; panics with its stderr when it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new(program("openssl"))
         .args(args)
         .current_dir(dir)
