@@ -1,7 +1,9 @@
 //! The broker interface shared by the embedded and the Redis implementations.
 
 use async_trait::async_trait;
-use roomcast_proto::{ChatMessage, Event, HeartbeatReply, Interest, PresenceEntry, RoomSignal, RoomTouch, RoomsReply};
+use roomcast_proto::{
+    ChatMessage, Event, HeartbeatReply, Interest, PresenceEntry, RoomSignal, RoomTouch, RoomsReply, UserBan,
+};
 use tokio::sync::mpsc;
 
 /// Room fan-out plus per-room sequence numbers, and the ephemeral room state beside
@@ -29,7 +31,17 @@ pub trait Broker: Send + Sync + 'static {
     async fn touch(&self, rooms: &[RoomTouch]) -> Result<(), BrokerError>;
     /// A page of the directory, most recently active first, with member counts.
     async fn rooms(&self, offset: u32, limit: u32) -> Result<RoomsReply, BrokerError>;
+    /// Keeps `ban` until its `until`, for [`Broker::bans`]. Closing the user's connections
+    /// is a signal on [`CONTROL`], sent by the caller.
+    async fn ban(&self, ban: &UserBan) -> Result<(), BrokerError>;
+    /// The bans in force, for a gateway whose link (re)connects.
+    async fn bans(&self) -> Result<Vec<UserBan>, BrokerError>;
 }
+
+/// The control room: every gateway's link subscribes it, so a signal there (a
+/// [`roomcast_proto::room_signal::Kind::Kick`]) reaches every gateway. Client room names
+/// cannot start with `~`.
+pub const CONTROL: &str = "~control";
 
 /// One gateway's subscription: it sends [`Interest`]s and receives [`Event`]s.
 /// When `events` ends the link is gone, and the gateway must connect again and resync.

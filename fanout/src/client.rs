@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use roomcast_proto::dial;
 use roomcast_proto::fanout_client::FanoutClient as Grpc;
 use roomcast_proto::{
-    ChatMessage, HeartbeatReply, HeartbeatRequest, NextSeqRequest, PresenceEntry, PresenceRequest, RoomSignal,
-    RoomTouch, RoomsReply, RoomsRequest, SeedRequest, TouchRequest,
+    BansRequest, ChatMessage, HeartbeatReply, HeartbeatRequest, NextSeqRequest, PresenceEntry, PresenceRequest,
+    RoomSignal, RoomTouch, RoomsReply, RoomsRequest, SeedRequest, TouchRequest, UserBan,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -108,5 +108,15 @@ impl Broker for FanoutClient {
     async fn rooms(&self, offset: u32, limit: u32) -> Result<RoomsReply, BrokerError> {
         let mut grpc = self.grpc.clone();
         call("rooms", grpc.rooms(RoomsRequest { offset, limit })).await
+    }
+
+    async fn ban(&self, ban: &UserBan) -> Result<(), BrokerError> {
+        let mut grpc = self.grpc.clone();
+        call("ban", grpc.ban(ban.clone())).await.map(drop)
+    }
+
+    async fn bans(&self) -> Result<Vec<UserBan>, BrokerError> {
+        let mut grpc = self.grpc.clone();
+        Ok(call("bans", grpc.bans(BansRequest {})).await?.bans)
     }
 }

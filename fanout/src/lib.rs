@@ -17,7 +17,7 @@ mod redis_target;
 mod registry;
 mod server;
 
-pub use broker::{Broker, BrokerError, Link};
+pub use broker::{Broker, BrokerError, Link, CONTROL};
 pub use client::FanoutClient;
 pub use memory::MemoryBroker;
 pub use presence::{is_listed, DirectoryArgs, DirectoryLimits, GATEWAY_TTL, HEARTBEAT_EVERY, MAX_ROOMS_PAGE};

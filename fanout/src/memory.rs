@@ -7,7 +7,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use roomcast_proto::{
     event::Kind, now_millis, room_signal, ChatMessage, HeartbeatReply, PresenceEntry, RoomInfo, RoomSignal, RoomTouch,
-    RoomsReply,
+    RoomsReply, UserBan,
 };
 use tokio::sync::mpsc;
 
@@ -31,6 +31,8 @@ struct State {
     gateways: HashMap<String, Instant>,
     directory: Directory,
     limits: DirectoryLimits,
+    /// user -> the ban, until its `until`.
+    bans: HashMap<String, UserBan>,
 }
 
 impl State {
@@ -183,5 +185,20 @@ impl Broker for MemoryBroker {
             })
             .collect();
         Ok(RoomsReply { rooms, total })
+    }
+
+    async fn ban(&self, ban: &UserBan) -> Result<(), BrokerError> {
+        let now = now_millis();
+        let mut state = self.state();
+        state.bans.retain(|_, ban| ban.until > now);
+        if ban.until > now {
+            state.bans.insert(ban.user.clone(), ban.clone());
+        }
+        Ok(())
+    }
+
+    async fn bans(&self) -> Result<Vec<UserBan>, BrokerError> {
+        let now = now_millis();
+        Ok(self.state().bans.values().filter(|ban| ban.until > now).cloned().collect())
     }
 }

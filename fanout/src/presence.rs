@@ -75,6 +75,8 @@ pub fn signal_kind(signal: &roomcast_proto::RoomSignal) -> Option<&'static str> 
     match signal.kind {
         Some(roomcast_proto::room_signal::Kind::Presence(_)) => Some("presence"),
         Some(roomcast_proto::room_signal::Kind::Typing(_)) => Some("typing"),
+        Some(roomcast_proto::room_signal::Kind::Kick(_)) => Some("kick"),
+        Some(roomcast_proto::room_signal::Kind::Deleted(_)) => Some("deleted"),
         None => None,
     }
 }

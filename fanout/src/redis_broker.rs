@@ -20,6 +20,7 @@ use prost::Message as _;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use roomcast_proto::{
     now_millis, room_signal, ChatMessage, HeartbeatReply, PresenceEntry, RoomInfo, RoomSignal, RoomTouch, RoomsReply,
+    UserBan,
 };
 use tokio::sync::mpsc;
 
@@ -27,7 +28,7 @@ use crate::broker::{Broker, BrokerError, Link, LINK_CAPACITY};
 use crate::presence::{
     distinct_users, is_listed, signal_kind, touched_at, DirectoryLimits, GATEWAY_TTL, MAX_ROOMS_PAGE, TRIM_BATCH,
 };
-use crate::redis_keys::{Keys, DIRECTORY_ACTIVE, DIRECTORY_NAMES, GATEWAYS};
+use crate::redis_keys::{Keys, BANS, DIRECTORY_ACTIVE, DIRECTORY_NAMES, GATEWAYS};
 use crate::redis_subscriber::{self, Command, Shared};
 use crate::redis_target::{Connection, RedisTarget};
 
@@ -318,7 +319,7 @@ impl Broker for RedisBroker {
                 }
                 script.invoke_async::<i64>(&mut conn).await.map(drop)
             }
-            Some(room_signal::Kind::Typing(_)) => {
+            Some(room_signal::Kind::Typing(_) | room_signal::Kind::Kick(_) | room_signal::Kind::Deleted(_)) => {
                 redis::cmd(self.keys.publish()).arg(channel).arg(payload).query_async::<i64>(&mut conn).await.map(drop)
             }
             None => return Ok(()),
@@ -448,6 +449,31 @@ impl Broker for RedisBroker {
             })
             .collect();
         Ok(RoomsReply { rooms, total })
+    }
+
+    async fn ban(&self, ban: &UserBan) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        if ban.until > now_millis() {
+            pipe.cmd("HSET").arg(BANS).arg(&ban.user).arg(ban.encode_to_vec()).ignore();
+        } else {
+            pipe.cmd("HDEL").arg(BANS).arg(&ban.user).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.map_err(|err| unavailable("ban", err))
+    }
+
+    /// Ended bans are skipped; they stay in the hash until the user is banned again
+    /// (deleting them here could race a new ban of the same user).
+    async fn bans(&self) -> Result<Vec<UserBan>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let all: Vec<Vec<u8>> =
+            redis::cmd("HVALS").arg(BANS).query_async(&mut conn).await.map_err(|err| unavailable("bans", err))?;
+        let now = now_millis();
+        Ok(all
+            .iter()
+            .filter_map(|encoded| UserBan::decode(encoded.as_slice()).ok())
+            .filter(|ban| ban.until > now)
+            .collect())
     }
 }
 

@@ -13,6 +13,8 @@ const PRESENCE: &str = "roomcast:presence:";
 const ANNOUNCED: &str = "roomcast:announced:";
 /// Live gateways, scored by their last heartbeat: one key, so one slot.
 pub const GATEWAYS: &str = "roomcast:gateways";
+/// Bans in force: a hash of user -> the encoded `UserBan`.
+pub const BANS: &str = "roomcast:bans";
 /// The directory's two keys share the `{directory}` tag, so one script trims both.
 pub const DIRECTORY_ACTIVE: &str = "roomcast:{directory}:active";
 pub const DIRECTORY_NAMES: &str = "roomcast:{directory}:names";

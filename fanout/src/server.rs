@@ -6,9 +6,9 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use roomcast_proto::fanout_server::Fanout;
 use roomcast_proto::{
-    ChatMessage, Event, HeartbeatReply, HeartbeatRequest, Interest, NextSeqReply, NextSeqRequest, PresenceReply,
-    PresenceRequest, PublishReply, RoomSignal, RoomsReply, RoomsRequest, SeedReply, SeedRequest, SignalReply,
-    TouchReply, TouchRequest,
+    BanReply, BansReply, BansRequest, ChatMessage, Event, HeartbeatReply, HeartbeatRequest, Interest, NextSeqReply,
+    NextSeqRequest, PresenceReply, PresenceRequest, PublishReply, RoomSignal, RoomsReply, RoomsRequest, SeedReply,
+    SeedRequest, SignalReply, TouchReply, TouchRequest, UserBan,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -75,6 +75,15 @@ impl Fanout for FanoutService {
     async fn rooms(&self, req: Request<RoomsRequest>) -> Result<Response<RoomsReply>, Status> {
         let req = req.into_inner();
         Ok(Response::new(self.broker.rooms(req.offset, req.limit).await.map_err(to_status)?))
+    }
+
+    async fn ban(&self, req: Request<UserBan>) -> Result<Response<BanReply>, Status> {
+        self.broker.ban(&req.into_inner()).await.map_err(to_status)?;
+        Ok(Response::new(BanReply {}))
+    }
+
+    async fn bans(&self, _: Request<BansRequest>) -> Result<Response<BansReply>, Status> {
+        Ok(Response::new(BansReply { bans: self.broker.bans().await.map_err(to_status)? }))
     }
 
     type SubscribeStream = EventStream;

@@ -17,6 +17,8 @@ pub trait Archive: Send + Sync + 'static {
     async fn history(&self, query: HistoryQuery) -> Result<Vec<ChatMessage>, StoreError>;
     async fn resolve(&self, room: &str, from: u64, to: u64) -> Result<Vec<ChatMessage>, StoreError>;
     async fn max_seq(&self, room: &str) -> Result<u64, StoreError>;
+    /// Replaces message `seq` with its tombstone (moderation); see [`Store::delete`].
+    async fn delete(&self, room: &str, seq: u64) -> Result<Option<ChatMessage>, StoreError>;
 }
 
 /// A committed write: the message as stored, and whether it was a repeat of an earlier
@@ -67,5 +69,9 @@ impl Archive for Persister {
 
     async fn max_seq(&self, room: &str) -> Result<u64, StoreError> {
         timed("max_seq", self.store.max_seq(room)).await
+    }
+
+    async fn delete(&self, room: &str, seq: u64) -> Result<Option<ChatMessage>, StoreError> {
+        timed("delete", self.store.delete(room, seq)).await
     }
 }

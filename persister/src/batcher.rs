@@ -186,6 +186,9 @@ mod tests {
         async fn max_seq(&self, _: &str) -> Result<u64, StoreError> {
             Ok(0)
         }
+        async fn delete(&self, _: &str, _: u64) -> Result<Option<ChatMessage>, StoreError> {
+            Ok(None)
+        }
     }
 
     fn msg(seq: u64) -> ChatMessage {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use roomcast_proto::dial;
 use roomcast_proto::persister_client::PersisterClient as Grpc;
-use roomcast_proto::{ChatMessage, HistoryRequest, MaxSeqRequest, ResolveRequest};
+use roomcast_proto::{ChatMessage, DeleteRequest, HistoryRequest, MaxSeqRequest, ResolveRequest};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -71,5 +71,10 @@ impl Archive for PersisterClient {
     async fn max_seq(&self, room: &str) -> Result<u64, StoreError> {
         let mut grpc = self.grpc.clone();
         Ok(call(READ_TIMEOUT, grpc.max_seq(MaxSeqRequest { room: room.to_owned() })).await?.seq)
+    }
+
+    async fn delete(&self, room: &str, seq: u64) -> Result<Option<ChatMessage>, StoreError> {
+        let mut grpc = self.grpc.clone();
+        Ok(call(WRITE_TIMEOUT, grpc.delete(DeleteRequest { room: room.to_owned(), seq })).await?.deleted)
     }
 }

@@ -20,4 +20,4 @@ pub use client::PersisterClient;
 pub use mongo_store::MongoStore;
 pub use redb_store::RedbStore;
 pub use server::PersisterService;
-pub use store::{tombstone, HistoryQuery, Store, StoreError, WriteOutcome, MAX_PAGE};
+pub use store::{removed, tombstone, HistoryQuery, Store, StoreError, WriteOutcome, MAX_PAGE};

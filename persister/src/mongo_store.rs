@@ -16,7 +16,7 @@ use mongodb::{Collection, IndexModel};
 use roomcast_proto::ChatMessage;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{check_range, tombstone, HistoryQuery, Store, StoreError, WriteOutcome};
+use crate::store::{check_range, deletion, tombstone, Deletion, HistoryQuery, Store, StoreError, WriteOutcome};
 
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -37,6 +37,8 @@ struct Doc {
     client_id: String,
     #[serde(default)]
     tombstone: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
 }
 
 impl From<&ChatMessage> for Doc {
@@ -50,6 +52,7 @@ impl From<&ChatMessage> for Doc {
             ts: m.ts,
             client_id: m.client_id.clone(),
             tombstone: m.tombstone,
+            deleted: m.deleted,
         }
     }
 }
@@ -65,6 +68,7 @@ impl From<Doc> for ChatMessage {
             ts: d.ts,
             client_id: d.client_id,
             tombstone: d.tombstone,
+            deleted: d.deleted,
         }
     }
 }
@@ -219,5 +223,19 @@ impl Store for MongoStore {
     async fn max_seq(&self, room: &str) -> Result<u64, StoreError> {
         let last = self.find_page(doc! {"room": room}, false, 1).await?;
         Ok(last.first().map(|m| m.seq).unwrap_or(0))
+    }
+
+    async fn delete(&self, room: &str, seq: u64) -> Result<Option<ChatMessage>, StoreError> {
+        let found = self.find_one(doc! {"room": room, "seq": seq_to_i64(seq)}).await?;
+        match deletion(found) {
+            Deletion::Write(removed) => {
+                // Only a message still shown is replaced: a concurrent delete changes nothing.
+                let filter = doc! {"_id": &removed.id, "tombstone": false};
+                let update = doc! {"$set": {"text": "", "tombstone": true, "deleted": true}};
+                self.messages.update_one(filter, update).await.map_err(fail)?;
+                Ok(Some(removed))
+            }
+            Deletion::Answer(answer) => Ok(answer),
+        }
     }
 }

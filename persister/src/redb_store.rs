@@ -8,7 +8,7 @@ use prost::Message as _;
 use redb::{Database, ReadableTable, TableDefinition};
 use roomcast_proto::ChatMessage;
 
-use crate::store::{check_range, tombstone, HistoryQuery, Store, StoreError, WriteOutcome};
+use crate::store::{check_range, deletion, tombstone, Deletion, HistoryQuery, Store, StoreError, WriteOutcome};
 
 /// (room, seq) -> the encoded message.
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
@@ -178,6 +178,27 @@ impl Store for RedbStore {
         })
         .await
     }
+
+    async fn delete(&self, room: &str, seq: u64) -> Result<Option<ChatMessage>, StoreError> {
+        let room = room.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(fail)?;
+            let answer = {
+                let mut messages = txn.open_table(MESSAGES).map_err(fail)?;
+                let found = messages.get((room.as_str(), seq)).map_err(fail)?.map(|v| v.value().to_vec());
+                match deletion(found.as_deref().map(decode).transpose()?) {
+                    Deletion::Write(removed) => {
+                        messages.insert((room.as_str(), seq), removed.encode_to_vec().as_slice()).map_err(fail)?;
+                        Some(removed)
+                    }
+                    Deletion::Answer(answer) => answer,
+                }
+            };
+            txn.commit().map_err(fail)?;
+            Ok(answer)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -193,7 +214,7 @@ mod tests {
             text: "t".into(),
             ts: 1,
             client_id: client_id.into(),
-            tombstone: false,
+            ..Default::default()
         }
     }
 
@@ -224,8 +245,22 @@ mod tests {
         );
         assert!(store.resolve("r", 0, 5).await.is_err(), "seqs start at 1");
 
+        let removed = store.delete("r", 3).await.expect("delete").expect("seq 3 is a message");
+        assert!(removed.deleted && removed.tombstone && removed.text.is_empty() && removed.id == "c");
+        assert_eq!(
+            store.delete("r", 3).await.expect("again"),
+            Some(removed.clone()),
+            "deleting twice answers the same"
+        );
+        assert_eq!(store.delete("r", 4).await.expect("sealed"), None, "a sealed hole is no message");
+        assert_eq!(store.delete("r", 9).await.expect("beyond"), None);
+        let newest = store.history(&page(None, None, 10)).await.expect("history");
+        assert_eq!(newest.iter().find(|m| m.seq == 3), Some(&removed), "history shows the tombstone");
+        let resend = store.write_batch(&[msg(6, "f", "c3")]).await.expect("resend of a removed send");
+        assert_eq!(resend, vec![WriteOutcome::Duplicate(removed)], "a removed send is still stored once");
+
         drop(store);
         let reopened = RedbStore::open(dir.path()).expect("reopen");
-        assert_eq!(reopened.max_seq("r").await.expect("max"), 5, "data survives a reopen");
+        assert_eq!(reopened.max_seq("r").await.expect("max"), 6, "data survives a reopen");
     }
 }

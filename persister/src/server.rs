@@ -2,7 +2,8 @@
 
 use roomcast_proto::persister_server::Persister as PersisterRpc;
 use roomcast_proto::{
-    ChatMessage, HistoryReply, HistoryRequest, MaxSeqReply, MaxSeqRequest, ResolveRequest, WriteReply,
+    ChatMessage, DeleteReply, DeleteRequest, HistoryReply, HistoryRequest, MaxSeqReply, MaxSeqRequest, ResolveRequest,
+    WriteReply,
 };
 use tonic::{Request, Response, Status};
 
@@ -53,5 +54,11 @@ impl PersisterRpc for PersisterService {
     async fn max_seq(&self, req: Request<MaxSeqRequest>) -> Result<Response<MaxSeqReply>, Status> {
         let seq = self.persister.max_seq(&req.into_inner().room).await.map_err(to_status)?;
         Ok(Response::new(MaxSeqReply { seq }))
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteReply>, Status> {
+        let req = req.into_inner();
+        let deleted = self.persister.delete(&req.room, req.seq).await.map_err(to_status)?;
+        Ok(Response::new(DeleteReply { deleted }))
     }
 }

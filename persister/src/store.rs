@@ -19,6 +19,10 @@ pub trait Store: Send + Sync + 'static {
     async fn resolve(&self, room: &str, from: u64, to: u64) -> Result<Vec<ChatMessage>, StoreError>;
     /// The highest seq stored for the room, 0 for none.
     async fn max_seq(&self, room: &str) -> Result<u64, StoreError>;
+    /// Replaces message `seq` of `room` with its [`removed`] tombstone (moderation) and
+    /// answers that tombstone; again for a message already removed; `None` when the room
+    /// holds no message there (nothing, or a sealed hole).
+    async fn delete(&self, room: &str, seq: u64) -> Result<Option<ChatMessage>, StoreError>;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +70,28 @@ pub fn tombstone(room: &str, seq: u64) -> ChatMessage {
         client_id: format!("~sealed:{seq}"),
         tombstone: true,
         ..Default::default()
+    }
+}
+
+/// The tombstone that replaces `msg` when moderation removes it: the seq, id, user, ts
+/// and client id stay (a resend of the same send is still stored once), the text goes.
+pub fn removed(msg: &ChatMessage) -> ChatMessage {
+    ChatMessage { text: String::new(), tombstone: true, deleted: true, ..msg.clone() }
+}
+
+/// What [`Store::delete`] does with what it found at the seq.
+pub enum Deletion {
+    /// Write this tombstone over the message, and answer it.
+    Write(ChatMessage),
+    /// Answer this at once: the tombstone already there, or nothing (no message).
+    Answer(Option<ChatMessage>),
+}
+
+pub fn deletion(found: Option<ChatMessage>) -> Deletion {
+    match found {
+        Some(msg) if msg.deleted => Deletion::Answer(Some(msg)),
+        Some(msg) if !msg.tombstone => Deletion::Write(removed(&msg)),
+        _ => Deletion::Answer(None),
     }
 }
 
