@@ -145,7 +145,7 @@ for system in $SYSTEMS; do
       [[ $system == roomcast1-wt ]] && mode=webtransport
       free_port RC_PORT RC_METRICS
       rm -rf "$BENCH_TMP/roomcast-data"
-      bg_start "$system" env RUST_LOG=warn $BENCH_RUST_ENV "$(need_bin roomcast)" --listen "127.0.0.1:$RC_PORT" \
+      bg_start "$system" env RUST_LOG=warn $BENCH_RUST_ENV "$(need_bin roomcast)" --listen "127.0.0.1:$RC_PORT" --api-listen off \
         --metrics-listen "127.0.0.1:$RC_METRICS" --data-dir "$BENCH_TMP/roomcast-data" --drain-seconds 1 \
         --max-connections-per-ip 0
       wait_ready "$LAST_PID" "$system" "$RC_PORT" 60

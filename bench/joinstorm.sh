@@ -112,7 +112,7 @@ for system in $SYSTEMS; do
       free_port RC_PORT RC_METRICS
       mkdir -p "$BENCH_TMP/roomcast-data"
       start_roomcast1() {
-        bg_start "roomcast1$1" env RUST_LOG=warn $BENCH_RUST_ENV "$(need_bin roomcast)" --listen "127.0.0.1:$RC_PORT" \
+        bg_start "roomcast1$1" env RUST_LOG=warn $BENCH_RUST_ENV "$(need_bin roomcast)" --listen "127.0.0.1:$RC_PORT" --api-listen off \
           --metrics-listen "127.0.0.1:$RC_METRICS" --data-dir "$BENCH_TMP/roomcast-data" --drain-seconds 1
         RC_PID=$LAST_PID
         wait_ready "$RC_PID" "roomcast1$1" "$RC_PORT" 60

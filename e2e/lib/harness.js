@@ -222,7 +222,7 @@ async function stopAll(procs, dirs) {
 // ------------------------------------------------------------------ what the tests start
 
 /**
- * The one-process server: `roomcast --listen --metrics-listen --data-dir TMP`, followed by
+ * The one-process server: `roomcast --listen --metrics-listen --api-listen --data-dir TMP`, followed by
  * `extraArgs` (e.g. `['--auth-required', ...]`).
  * Returns { url, port, metricsPort, stop() }.
  */
@@ -231,10 +231,11 @@ async function startStandalone(name, extraArgs = []) {
   const dir = tempDir(name);
   const procs = [];
   try {
-    const [port, metrics] = [await freePort(), await freePort()];
+    const [port, metrics, api] = [await freePort(), await freePort(), await freePort()];
     const proc = new Proc(`${name}-roomcast`, program, [
       '--listen', `127.0.0.1:${port}`,
       '--metrics-listen', `127.0.0.1:${metrics}`,
+      '--api-listen', `127.0.0.1:${api}`,
       '--data-dir', dir,
       '--drain-seconds', '1',
       ...extraArgs,
@@ -245,6 +246,9 @@ async function startStandalone(name, extraArgs = []) {
       url: `http://127.0.0.1:${port}`,
       port,
       metricsPort: metrics,
+      // The server API, with the key roomcast made in its data directory.
+      apiUrl: `http://127.0.0.1:${api}`,
+      apiKey: () => fs.readFileSync(path.join(dir, 'api-key'), 'utf8').trim(),
       procs,
       stop: () => stopAll(procs, [dir]),
     };

@@ -118,3 +118,33 @@ browserTest('standalone', () => browser, 'standalone: the page follows left, tru
   await waitTexts(kim, ['end of a truncated page']);
   assert.deepEqual(await pending(kim), []);
 });
+
+browserTest('standalone', () => browser, 'standalone: a moderated message shows as removed and a removed user stays out', async (s) => {
+  const room = uniqueRoom('moderated');
+  const api = async (method, path, body) => {
+    const response = await fetch(`${server.apiUrl}${path}`, {
+      method,
+      headers: { authorization: `apikey ${server.apiKey()}`, 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    assert.equal(response.status, 200, `${method} ${path}: ${await response.clone().text()}`);
+    return response.json();
+  };
+  const lou = await s.open('lou', server.url, { room, user: 'lou' });
+  await waitJoined(lou, room);
+  const posted = await api('POST', `/api/rooms/${room}/messages`, { user: 'bot', text: 'spam spam spam' });
+  await send(lou, 'a keeper');
+  await waitTexts(lou, ['spam spam spam', 'a keeper']);
+  await api('DELETE', `/api/rooms/${room}/messages/${posted.seq}`);
+  await lou.waitForFunction((seq) => {
+    const li = document.querySelector(`[data-testid=message][data-seq="${seq}"]`);
+    return li && li.dataset.deleted === 'true';
+  }, posted.seq, { timeout: WAIT_MS });
+  const shown = await confirmed(lou);
+  assert.deepEqual(shown.map((m) => m.text), ['Message removed by a moderator', 'a keeper']);
+  // Removed by the server: the page goes offline and does not come back by itself.
+  await api('POST', '/api/users/lou/disconnect', { reason: 'test' });
+  await lou.waitForFunction(() => document.body.dataset.status === 'offline', null, { timeout: WAIT_MS });
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  assert.equal(await lou.evaluate(() => document.body.dataset.status), 'offline', 'no reconnect after a removal');
+});

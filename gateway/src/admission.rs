@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use roomcast_proto::{now_millis, UserBan};
+
 use crate::auth::{Auth, Identity, RoomGrant};
 use crate::error::ConnectError;
 use crate::limits::Limits;
@@ -31,6 +33,12 @@ pub fn credentials(query: &str) -> (Option<String>, Option<String>) {
         form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
     };
     (param("user"), param("token"))
+}
+
+/// Unix milliseconds as an RFC 3339 time, for messages.
+pub fn rfc3339(unix_millis: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(unix_millis).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// What the client offers at connect.
@@ -59,6 +67,8 @@ pub const FULL: &str = "at its connection cap";
 
 pub struct Admission {
     access: Access,
+    /// user -> the ban in force (from the server API, through the broker).
+    bans: Mutex<HashMap<String, UserBan>>,
     limits: Limits,
     /// Not ready ([`FULL`]) while every place is taken: the count that refuses
     /// `server_full` is the one that turns the pod unready.
@@ -109,6 +119,35 @@ impl Admission {
             limits,
             ready,
             open: Mutex::default(),
+            bans: Mutex::default(),
+        }
+    }
+
+    /// Keeps `ban` until it ends; a removal without a ban (`until` 0) changes no ban.
+    pub fn ban(&self, ban: &UserBan) {
+        let now = now_millis();
+        let mut bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+        bans.retain(|_, ban| ban.until > now);
+        if ban.until > now {
+            bans.insert(ban.user.clone(), ban.clone());
+        }
+    }
+
+    /// Replaces every ban with the broker's list, read when the link (re)connects.
+    pub fn replace_bans(&self, bans: Vec<UserBan>) {
+        *self.bans.lock().unwrap_or_else(|p| p.into_inner()) =
+            bans.into_iter().map(|ban| (ban.user.clone(), ban)).collect();
+    }
+
+    fn check_ban(&self, user: &str) -> Result<(), ConnectError> {
+        let bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+        match bans.get(user).filter(|ban| ban.until > now_millis()) {
+            Some(ban) => Err(ConnectError::Banned {
+                user: user.to_owned(),
+                until: rfc3339(ban.until),
+                reason: ban.reason.clone(),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -152,6 +191,9 @@ impl Admission {
                 (user.map(str::to_owned), RoomGrant::default(), None)
             }
         };
+        if let Some(user) = &user {
+            self.check_ban(user)?;
+        }
         let slot = self.take_slot(offer.ip)?;
         Ok(Admitted { user, rooms, authenticated, expires_at, slot })
     }

@@ -4,11 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 
 use crate::admission::Access;
 use crate::auth::Auth;
+use crate::jwks::Jwks;
 use crate::limits::Limits;
 use crate::wt::{Certificate, WebTransportConfig};
 
@@ -59,11 +61,32 @@ pub struct EdgeArgs {
     #[arg(long, env = "ROOMCAST_PRESENCE_GRACE_SECONDS", default_value_t = Limits::default().presence_grace.as_secs_f64())]
     pub presence_grace_seconds: f64,
     /// HS256 secret (at least 32 bytes) that client JWTs are signed with.
-    #[arg(long, env = "ROOMCAST_AUTH_JWT_SECRET", hide_env_values = true, conflicts_with = "auth_jwt_public_key")]
+    #[arg(
+        long,
+        env = "ROOMCAST_AUTH_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with_all = ["auth_jwt_public_key", "auth_jwks_url", "auth_jwks_file"]
+    )]
     pub auth_jwt_secret: Option<String>,
     /// PEM file of the RSA public key that client JWTs (RS256) are signed for.
-    #[arg(long, env = "ROOMCAST_AUTH_JWT_PUBLIC_KEY")]
+    #[arg(long, env = "ROOMCAST_AUTH_JWT_PUBLIC_KEY", conflicts_with_all = ["auth_jwks_url", "auth_jwks_file"])]
     pub auth_jwt_public_key: Option<PathBuf>,
+    /// URL of a JWK Set (https://; http:// only inside a trusted network) whose RSA and EC
+    /// keys sign client JWTs (RS256/384/512, PS256/384/512, ES256, ES384), each token naming
+    /// its key by `kid`. Fetched at start, every --auth-jwks-refresh-seconds, and at once
+    /// when a token names a kid not held (at most every 10 s), so the issuer rotates keys
+    /// without a restart. A failed fetch keeps the keys held; before the first good one,
+    /// tokens are refused.
+    #[arg(long, env = "ROOMCAST_AUTH_JWKS_URL", conflicts_with = "auth_jwks_file")]
+    pub auth_jwks_url: Option<String>,
+    /// A JWK Set file, for use with no issuer to fetch from: read at start (a file that is
+    /// missing or holds no usable key stops the start), and again within 5 s of a change
+    /// (a mounted Secret, say), so keys rotate without a restart.
+    #[arg(long, env = "ROOMCAST_AUTH_JWKS_FILE")]
+    pub auth_jwks_file: Option<PathBuf>,
+    /// Seconds between fetches of --auth-jwks-url (1 or more).
+    #[arg(long, env = "ROOMCAST_AUTH_JWKS_REFRESH_SECONDS", default_value_t = 300.0)]
+    pub auth_jwks_refresh_seconds: f64,
     /// Accept only tokens whose `aud` claim holds this audience.
     #[arg(long, env = "ROOMCAST_AUTH_AUDIENCE")]
     pub auth_audience: Option<String>,
@@ -151,20 +174,24 @@ impl EdgeArgs {
             "--max-frame-bytes must be at most {} (frames beyond that close the connection)",
             limits.hard_frame_bytes
         );
-        let auth = match (&self.auth_jwt_secret, &self.auth_jwt_public_key) {
-            (Some(secret), _) => Some(Auth::hs256(secret)?),
-            (None, Some(key)) => Some(Auth::rs256(key)?),
-            (None, None) => None,
+        let jwks_every = std::time::Duration::try_from_secs_f64(self.auth_jwks_refresh_seconds)
+            .ok()
+            .filter(|every| every.as_secs() >= 1)
+            .context("--auth-jwks-refresh-seconds must be a number of seconds, 1 or more")?;
+        let auth = match (&self.auth_jwt_secret, &self.auth_jwt_public_key, &self.auth_jwks_url, &self.auth_jwks_file) {
+            (Some(secret), ..) => Some(Auth::hs256(secret)?),
+            (None, Some(key), ..) => Some(Auth::rs256(key)?),
+            (None, None, Some(url), _) => Some(Auth::jwks(Arc::new(Jwks::from_url(url, jwks_every)?))),
+            (None, None, None, Some(file)) => Some(Auth::jwks(Arc::new(Jwks::from_file(file)?))),
+            (None, None, None, None) => None,
         };
+        const KEYS: &str = "--auth-jwt-secret, --auth-jwt-public-key, --auth-jwks-url or --auth-jwks-file";
         anyhow::ensure!(
             auth.is_some() || (self.auth_audience.is_none() && self.auth_issuer.is_none()),
-            "--auth-audience and --auth-issuer need --auth-jwt-secret or --auth-jwt-public-key to check tokens with"
+            "--auth-audience and --auth-issuer need {KEYS} to check tokens with"
         );
         let auth = auth.map(|auth| auth.trusting(self.auth_audience.as_deref(), self.auth_issuer.as_deref()));
-        anyhow::ensure!(
-            auth.is_some() || !self.auth_required,
-            "--auth-required needs --auth-jwt-secret or --auth-jwt-public-key to check tokens with"
-        );
+        anyhow::ensure!(auth.is_some() || !self.auth_required, "--auth-required needs {KEYS} to check tokens with");
         let allowed_origins = self
             .allowed_origins
             .iter()

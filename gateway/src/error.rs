@@ -68,6 +68,23 @@ impl ClientError {
         }
     }
 
+    /// The HTTP status of this error on the server API.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ClientError::BadRequest(..)
+            | ClientError::InvalidRoom { .. }
+            | ClientError::InvalidUser(_)
+            | ClientError::NotJoined { .. } => StatusCode::BAD_REQUEST,
+            ClientError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ClientError::ForbiddenRoom { .. } | ClientError::TokenInvalid(_) => StatusCode::FORBIDDEN,
+            ClientError::TooManyRooms { .. } | ClientError::Overloaded { .. } | ClientError::RateLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ClientError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ClientError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
     /// The `roomcast_gateway_bad_frames_total` label: None for a failure of the server's
     /// own (those count in `roomcast_gateway_messages_sent_total{result="error"}`).
     pub fn kind(&self) -> Option<&'static str> {
@@ -122,6 +139,8 @@ pub enum ConnectError {
     ServerFull(usize),
     #[error("{ip} already has {max} connections, the most one address may hold")]
     TooManyConnections { ip: std::net::IpAddr, max: usize },
+    #[error("{user} is banned until {until}: {reason}")]
+    Banned { user: String, until: String, reason: String },
 }
 
 impl ConnectError {
@@ -134,12 +153,13 @@ impl ConnectError {
             ConnectError::InvalidUser(_) => "invalid_user",
             ConnectError::ServerFull(_) => "server_full",
             ConnectError::TooManyConnections { .. } => "too_many_connections",
+            ConnectError::Banned { .. } => "banned",
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ConnectError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            ConnectError::OriginNotAllowed(_) | ConnectError::Banned { .. } => StatusCode::FORBIDDEN,
             ConnectError::TokenMissing | ConnectError::TokenInvalid(_) | ConnectError::TokenExpired => {
                 StatusCode::UNAUTHORIZED
             }
@@ -158,6 +178,7 @@ impl ConnectError {
         "invalid_user",
         "server_full",
         "too_many_connections",
+        "banned",
     ];
 }
 
@@ -176,17 +197,20 @@ pub enum CloseCode {
     SlowConsumer,
     /// The token expired and no new one came within the grace period.
     TokenExpired,
+    /// The server API removed the user (`POST /api/users/{user}/disconnect`).
+    Kicked,
 }
 
 impl CloseCode {
     #[cfg(test)]
-    pub const ALL: [CloseCode; 6] = [
+    pub const ALL: [CloseCode; 7] = [
         CloseCode::Normal,
         CloseCode::Gone,
         CloseCode::TooBig,
         CloseCode::Restart,
         CloseCode::SlowConsumer,
         CloseCode::TokenExpired,
+        CloseCode::Kicked,
     ];
 
     pub fn code(self) -> u16 {
@@ -197,6 +221,7 @@ impl CloseCode {
             CloseCode::Restart => 1012,
             CloseCode::SlowConsumer => 4001,
             CloseCode::TokenExpired => 4401,
+            CloseCode::Kicked => 4403,
         }
     }
 
@@ -209,6 +234,7 @@ impl CloseCode {
             CloseCode::Restart => "server restarting: reconnect",
             CloseCode::SlowConsumer => "slow consumer: send queue full",
             CloseCode::TokenExpired => "token expired: reconnect with a new token",
+            CloseCode::Kicked => "removed by the server",
         }
     }
 
@@ -221,6 +247,7 @@ impl CloseCode {
             CloseCode::Restart => "drain",
             CloseCode::SlowConsumer => "slow_consumer",
             CloseCode::TokenExpired => "token_expired",
+            CloseCode::Kicked => "kicked",
         }
     }
 }
@@ -274,6 +301,7 @@ mod tests {
             ConnectError::InvalidUser("x".into()),
             ConnectError::ServerFull(1),
             ConnectError::TooManyConnections { ip: [127, 0, 0, 1].into(), max: 1 },
+            ConnectError::Banned { user: "u".into(), until: "t".into(), reason: "r".into() },
         ];
         for error in &all {
             match error {
@@ -283,7 +311,8 @@ mod tests {
                 | ConnectError::TokenExpired
                 | ConnectError::InvalidUser(_)
                 | ConnectError::ServerFull(_)
-                | ConnectError::TooManyConnections { .. } => {}
+                | ConnectError::TooManyConnections { .. }
+                | ConnectError::Banned { .. } => {}
             }
         }
         all

@@ -3,14 +3,15 @@
 //! a durable write, a publish, then the ack). Publishing after the write means nothing
 //! reaches a room that the store does not hold.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use fanout::{Broker, BrokerError};
 use persister::{tombstone, Archive, StoreError};
 use rand::Rng;
-use roomcast_proto::{now_millis, ChatMessage};
+use roomcast_proto::{now_millis, ChatMessage, UserBan};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{Access, Admission};
@@ -48,7 +49,36 @@ pub(crate) struct Hub {
     pub room_creations: governor::DefaultKeyedRateLimiter<String>,
     /// Where pages find this gateway's WebTransport, once it serves it.
     pub webtransport: std::sync::OnceLock<crate::wt::Offered>,
+    /// This gateway's id in presence and room signals.
+    pub gateway_id: Arc<str>,
+    /// The open connections of each named user, for the server API's disconnect.
+    kicks: Mutex<HashMap<String, HashMap<MemberId, Arc<Kick>>>>,
     next_member: AtomicU64,
+}
+
+/// How the server API reaches one connection: cancelled, with the ban, when its user is
+/// removed; every front door waits on it.
+#[derive(Default)]
+pub(crate) struct Kick {
+    fired: CancellationToken,
+    ban: OnceLock<UserBan>,
+}
+
+impl Kick {
+    /// Resolves when the connection's user is removed, with the removal.
+    pub async fn removed(&self) -> &UserBan {
+        loop {
+            self.fired.cancelled().await;
+            if let Some(ban) = self.ban.get() {
+                return ban;
+            }
+        }
+    }
+
+    fn fire(&self, ban: &UserBan) {
+        let _ = self.ban.set(ban.clone());
+        self.fired.cancel();
+    }
 }
 
 /// The gateway's shutdown, in three steps: `closing` stops accepting connections,
@@ -95,6 +125,7 @@ impl Hub {
         rooms: Arc<Rooms>,
         limits: Limits,
         access: Access,
+        gateway_id: Arc<str>,
     ) -> Self {
         let ready = telemetry::Readiness::new("roomcast_gateway_ready", &[STARTING]);
         Self {
@@ -105,6 +136,8 @@ impl Hub {
             send_budget: Budget::new(limits.send_queue_budget_bytes),
             room_creations: limits.creation_limiter(),
             webtransport: std::sync::OnceLock::new(),
+            gateway_id,
+            kicks: Mutex::default(),
             limits,
             ready,
             lifecycle: Lifecycle::new(),
@@ -119,6 +152,41 @@ impl Hub {
     /// Connections held now: those with a place in admission.
     pub fn connections(&self) -> usize {
         self.admission.open()
+    }
+
+    /// Registers a connection of `user`, which [`Hub::remove_user`] reaches.
+    pub fn register(&self, user: &str, member: MemberId) -> Arc<Kick> {
+        let kick = Arc::new(Kick::default());
+        self.kicks().entry(user.to_owned()).or_default().insert(member, kick.clone());
+        kick
+    }
+
+    pub fn unregister(&self, user: &str, member: MemberId) {
+        let mut kicks = self.kicks();
+        if let Some(conns) = kicks.get_mut(user) {
+            conns.remove(&member);
+            if conns.is_empty() {
+                kicks.remove(user);
+            }
+        }
+    }
+
+    /// A removal from the control room: the ban is kept for admission, and every
+    /// connection of the user here is closed. Answers how many were.
+    pub fn remove_user(&self, ban: &UserBan) -> usize {
+        self.admission.ban(ban);
+        let conns = self.kicks().remove(&ban.user).unwrap_or_default();
+        for kick in conns.values() {
+            kick.fire(ban);
+        }
+        if !conns.is_empty() {
+            tracing::info!(user = %ban.user, reason = %ban.reason, connections = conns.len(), "user removed by the server API");
+        }
+        conns.len()
+    }
+
+    fn kicks(&self) -> MutexGuard<'_, HashMap<String, HashMap<MemberId, Arc<Kick>>>> {
+        self.kicks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn connection_opened(&self, protocol: &'static str) {
@@ -163,7 +231,7 @@ impl Hub {
                 text: text.to_owned(),
                 ts,
                 client_id: client_id.to_owned(),
-                tombstone: false,
+                ..Default::default()
             };
             match self.archive.write(msg).await {
                 Ok(written) => {

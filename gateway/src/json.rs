@@ -86,6 +86,10 @@ async fn read(
             _ = &mut drain => {
                 outbox.close(CloseCode::Restart);
             }
+            _ = conn.removed() => {
+                outbox.close(CloseCode::Kicked);
+                return CloseCode::Kicked.disconnect_reason();
+            }
             step = conn.token_due(), if conn.has_token() => match step {
                 TokenStep::RefreshNeeded => {
                     let grace_seconds = conn.hub().limits.refresh_grace.as_secs_f64();

@@ -8,6 +8,7 @@
 //! WebSockets ([`ws`]) or WebTransport ([`wt`]) (ARCHITECTURE.md).
 
 mod admission;
+mod api;
 mod auth;
 mod config;
 mod conn;
@@ -18,6 +19,7 @@ mod fuzz;
 mod http;
 mod hub;
 mod json;
+mod jwks;
 mod limits;
 mod link;
 mod metrics;
@@ -45,6 +47,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 pub use admission::Access;
+pub use api::{ApiArgs, ApiConfig};
 pub use auth::mint as mint_token;
 pub use config::{Edge, EdgeArgs, SelfSign};
 pub use limits::Limits;
@@ -76,7 +79,8 @@ impl Gateway {
             grace: limits.presence_grace,
         };
         let rooms = Arc::new(Rooms::new(archive.clone(), broker.clone(), interests, limits.clone(), presence));
-        let hub = Arc::new(Hub::new(broker.clone(), archive, rooms.clone(), limits, access));
+        let jwks = access.auth.as_ref().and_then(|auth| auth.key_set()).cloned();
+        let hub = Arc::new(Hub::new(broker.clone(), archive, rooms.clone(), limits, access, gateway_id.clone()));
         let stopped = hub.lifecycle.stopped.clone();
         let housekeeping = {
             let hub = hub.clone();
@@ -84,8 +88,11 @@ impl Gateway {
         };
         let heartbeat =
             tokio::spawn(signals::heartbeat(broker.clone(), rooms.clone(), gateway_id, housekeeping, stopped.clone()));
-        tokio::spawn(link::keep_link(broker, rooms, interest_rx, hub.ready.clone(), stopped.clone()));
+        tokio::spawn(link::keep_link(hub.clone(), interest_rx));
         tokio::spawn(stopped.clone().run_until_cancelled_owned(probe_store(hub.clone())));
+        if let Some(jwks) = jwks {
+            tokio::spawn(stopped.clone().run_until_cancelled_owned(jwks.keep_fresh()));
+        }
         tokio::spawn(stopped.run_until_cancelled_owned(publish_send_queue(hub.clone())));
         // The same frame limits as /ws, on both transports: max_payload covers
         // long-polling, ws_max_* the WebSocket transport (whose default is 64 MiB).
@@ -127,20 +134,27 @@ impl Gateway {
     }
 
     /// Runs a gateway process's life: the admin endpoint (metrics, health, readiness),
-    /// the front doors (TCP on `listen`, WebTransport when `wt` is set), and on SIGTERM
-    /// the drain, then stop.
+    /// the server API when `api` is set, the front doors (TCP on `listen`, WebTransport
+    /// when `wt` is set), and on SIGTERM the drain, then stop.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         self,
         listen: SocketAddr,
         tls: Option<tokio_rustls::TlsAcceptor>,
         wt: Option<WebTransport>,
+        api: Option<ApiConfig>,
         admin: SocketAddr,
         metrics: PrometheusHandle,
         drain: Duration,
     ) -> anyhow::Result<()> {
         let admin = telemetry::bind(admin, "metrics").await?;
         let stopped = self.hub.lifecycle.stopped.clone();
-        tokio::spawn(telemetry::serve_admin(admin, metrics, self.hub.ready.clone(), stopped));
+        tokio::spawn(telemetry::serve_admin(admin, metrics, self.hub.ready.clone(), stopped.clone()));
+        if let Some(api) = api {
+            let listener = telemetry::bind(api.listen, "server API").await?;
+            tracing::info!(url = %format!("http://{}/api/openapi.json", api.listen), "serving the server API");
+            tokio::spawn(api::serve(self.hub.clone(), api.keys, listener, stopped));
+        }
         let listener = telemetry::bind(listen, "HTTP").await?;
         let webtransport = wt.map(|wt| {
             tracing::info!(udp_port = wt.offered.port, hash = ?wt.offered.sha256, "serving WebTransport on /wt");

@@ -5,23 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backoff::BackoffBuilder;
-use fanout::Broker;
-use roomcast_proto::{event::Kind, Interest};
+use fanout::CONTROL;
+use roomcast_proto::{event::Kind, room_signal, Interest, RoomSignal};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use crate::hub::STARTING;
-use crate::rooms::Rooms;
+use crate::hub::{Hub, STARTING};
 
 /// Runs until `stopped`. The gateway turns ready once the link is first up;
 /// `roomcast_gateway_broker_up` says whether it is up now.
-pub async fn keep_link(
-    broker: Arc<dyn Broker>,
-    rooms: Arc<Rooms>,
-    mut interests: mpsc::UnboundedReceiver<Interest>,
-    ready: telemetry::Readiness,
-    stopped: CancellationToken,
-) {
+pub async fn keep_link(hub: Arc<Hub>, mut interests: mpsc::UnboundedReceiver<Interest>) {
+    let (broker, rooms, ready, stopped) = (&hub.broker, &hub.rooms, &hub.ready, &hub.lifecycle.stopped);
     let mut delays = backoff::reconnect().build();
     loop {
         let connected = tokio::select! {
@@ -43,8 +36,19 @@ pub async fn keep_link(
         };
         // The room list is the truth now: queued changes were for the old link.
         while interests.try_recv().is_ok() {}
-        for room in rooms.names() {
+        for room in rooms.names().into_iter().chain([CONTROL.to_owned()]) {
             let _ = link.interests.send(Interest { room, subscribe: true }).await;
+        }
+        // Bans made while the link was down came as signals nobody here heard: their users'
+        // connections here are closed now.
+        match broker.bans().await {
+            Ok(bans) => {
+                hub.admission.replace_bans(bans.clone());
+                for ban in &bans {
+                    hub.remove_user(ban);
+                }
+            }
+            Err(err) => tracing::warn!(%err, "cannot read the bans in force; keeping those known"),
         }
         ready.set(STARTING, false);
         metrics::gauge!("roomcast_gateway_broker_up").set(1.0);
@@ -62,6 +66,9 @@ pub async fn keep_link(
                     Some(Some(Kind::Message(msg))) => rooms.deliver(msg),
                     Some(Some(Kind::Subscribed(room))) => rooms.catch_up(Some(&room)),
                     Some(Some(Kind::Resync(_))) => rooms.catch_up(None),
+                    Some(Some(Kind::Signal(RoomSignal { kind: Some(room_signal::Kind::Kick(ban)), .. }))) => {
+                        hub.remove_user(&ban);
+                    }
                     Some(Some(Kind::Signal(signal))) => rooms.signal(signal),
                     Some(None) => {}
                     None => break,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use fanout::FanoutClient;
-use gateway::{EdgeArgs, Gateway, Metered, SelfSign, WebTransport};
+use gateway::{ApiArgs, EdgeArgs, Gateway, Metered, SelfSign, WebTransport};
 use persister::PersisterClient;
 
 #[derive(Parser)]
@@ -31,6 +31,8 @@ struct Args {
     drain_seconds: u64,
     #[command(flatten)]
     edge: EdgeArgs,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 #[tokio::main]
@@ -40,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics("gateway")?;
     gateway::describe_metrics();
     let edge = args.edge.load()?;
+    let api = args.api.load(None)?;
     let wt = match args.edge.webtransport(args.listen, SelfSign::Never)? {
         Some(config) => Some(WebTransport::bind(config, &edge.limits).await?),
         None => None,
@@ -49,5 +52,5 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(fanout = %args.fanout, persister = %args.persister, metrics = %args.metrics_listen, "gateway starting");
     let gateway = Gateway::start(broker, archive, edge.limits, edge.access);
     let drain = Duration::from_secs(args.drain_seconds);
-    gateway.run(args.listen, edge.tls, wt, args.metrics_listen, metrics, drain).await
+    gateway.run(args.listen, edge.tls, wt, api, args.metrics_listen, metrics, drain).await
 }

@@ -167,7 +167,36 @@ pub fn describe() {
         "roomcast_gateway_webtransport_handshake_failures_total",
         "WebTransport sessions that failed before admission (QUIC or HTTP/3 handshake, no stream, wrong path)."
     );
+    describe_counter!(
+        "roomcast_gateway_api_requests_total",
+        "Server API requests, by method, route (the matched pattern) and status; 401s are refused keys."
+    );
+    describe_histogram!(
+        "roomcast_gateway_api_request_duration_seconds",
+        Unit::Seconds,
+        "Server API requests' time to answer, by method and route."
+    );
+    describe_counter!(
+        "roomcast_gateway_jwks_refreshes_total",
+        "Loads of the JWK Set that client tokens are checked with (--auth-jwks-url or --auth-jwks-file), by result \
+         (ok, failed) and trigger (start, interval, unknown_kid, file). A failed load keeps the keys held."
+    );
+    describe_gauge!(
+        "roomcast_gateway_jwks_keys",
+        "Keys held from the JWK Set (0 without --auth-jwks-url or --auth-jwks-file, or before its first good load)."
+    );
+    describe_gauge!(
+        "roomcast_gateway_jwks_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "When a load of the JWK Set last succeeded (Unix time); absent before the first."
+    );
     LazyLock::force(&METRICS);
+    gauge!("roomcast_gateway_jwks_keys").set(0.0);
+    for result in ["ok", "failed"] {
+        for trigger in ["start", "interval", "unknown_kid", "file"] {
+            counter!("roomcast_gateway_jwks_refreshes_total", "result" => result, "trigger" => trigger).absolute(0);
+        }
+    }
     counter!("roomcast_gateway_webtransport_lost_packets_total").absolute(0);
     counter!("roomcast_gateway_webtransport_handshake_failures_total").absolute(0);
     for op in ["heartbeat", "announce", "read"] {
@@ -183,10 +212,23 @@ pub fn describe() {
     for result in ["filled", "sealed", "error"] {
         counter!("roomcast_gateway_gap_fills_total", "result" => result).absolute(0);
     }
-    for method in ["next_seq", "seed", "publish", "subscribe", "signal", "presence", "heartbeat", "touch", "rooms"] {
+    let methods = [
+        "next_seq",
+        "seed",
+        "publish",
+        "subscribe",
+        "signal",
+        "presence",
+        "heartbeat",
+        "touch",
+        "rooms",
+        "ban",
+        "bans",
+    ];
+    for method in methods {
         counter!("roomcast_gateway_upstream_errors_total", "upstream" => "fanout", "method" => method).absolute(0);
     }
-    for method in ["write", "history", "resolve", "max_seq"] {
+    for method in ["write", "history", "resolve", "max_seq", "delete"] {
         counter!("roomcast_gateway_upstream_errors_total", "upstream" => "persister", "method" => method).absolute(0);
     }
     for kind in ClientError::KINDS {
@@ -196,7 +238,9 @@ pub fn describe() {
         counter!("roomcast_gateway_refused_connections_total", "reason" => *reason).absolute(0);
     }
     for protocol in PROTOCOLS {
-        for reason in ["client_close", "error", "slow_consumer", "drain", "protocol_error", "silent", "token_expired"] {
+        let reasons =
+            ["client_close", "error", "slow_consumer", "drain", "protocol_error", "silent", "token_expired", "kicked"];
+        for reason in reasons {
             counter!("roomcast_gateway_disconnects_total", "protocol" => protocol, "reason" => reason).absolute(0);
         }
         gauge!("roomcast_gateway_connections", "protocol" => protocol).set(0.0);

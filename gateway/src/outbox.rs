@@ -155,6 +155,10 @@ impl Sink for Outbox {
         self.push(ws_frame.clone());
     }
 
+    fn deleted(&self, _tombstone: &ChatMessage, ws_frame: &Utf8Bytes) {
+        self.push(ws_frame.clone());
+    }
+
     fn unavailable(&self, room: &str, message: &str) {
         let code = ClientError::Unavailable(String::new()).code();
         self.push_json(ServerFrame::Error { code, message, client_id: None, room: Some(room) }.to_json());

@@ -60,7 +60,8 @@ impl ClientFrame {
     }
 }
 
-/// A message as clients see it (tombstones are never shown).
+/// A message as clients see it. Sealed holes are never shown; a message removed by
+/// moderation is shown with `deleted: true` and no text.
 #[derive(Debug, Serialize)]
 pub struct WireMessage<'a> {
     pub room: &'a str,
@@ -69,11 +70,13 @@ pub struct WireMessage<'a> {
     pub user: &'a str,
     pub text: &'a str,
     pub ts: i64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 impl<'a> From<&'a ChatMessage> for WireMessage<'a> {
     fn from(m: &'a ChatMessage) -> Self {
-        WireMessage { room: &m.room, seq: m.seq, id: &m.id, user: &m.user, text: &m.text, ts: m.ts }
+        WireMessage { room: &m.room, seq: m.seq, id: &m.id, user: &m.user, text: &m.text, ts: m.ts, deleted: m.deleted }
     }
 }
 
@@ -113,6 +116,12 @@ pub enum ServerFrame<'a> {
         next: Option<u64>,
     },
     Message(WireMessage<'a>),
+    /// A message members were sent was removed by moderation.
+    Deleted {
+        room: &'a str,
+        seq: u64,
+        id: &'a str,
+    },
     Ack {
         client_id: &'a str,
         room: &'a str,
@@ -204,9 +213,9 @@ pub fn newest_within(page: &[ChatMessage], max_bytes: usize) -> &[ChatMessage] {
     &page[page.len() - keep..]
 }
 
-/// The visible messages of a page, oldest first.
+/// The visible messages of a page, oldest first: removed ones as such, no sealed holes.
 pub fn visible(messages: &[ChatMessage]) -> Vec<WireMessage<'_>> {
-    messages.iter().filter(|m| !m.tombstone).map(WireMessage::from).collect()
+    messages.iter().filter(|m| !m.tombstone || m.deleted).map(WireMessage::from).collect()
 }
 
 #[cfg(test)]

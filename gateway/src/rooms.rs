@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fanout::{Broker, BrokerError};
-use persister::{Archive, HistoryQuery, StoreError, MAX_PAGE};
+use persister::{removed, Archive, HistoryQuery, StoreError, MAX_PAGE};
 use roomcast_proto::{now_millis, room_signal, ChatMessage, Interest, PresenceEntry, RoomSignal, RoomTouch};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -42,6 +42,8 @@ const PRESENCE_READ_ATTEMPTS: u32 = 5;
 /// of recovery in a busy room, little enough for many rooms per gateway.
 const TAIL_MESSAGES: usize = 512;
 const TAIL_BYTES: usize = 256 * 1024;
+/// Removals a room remembers, to show a delivery or read that predates one as removed.
+const REMEMBERED_DELETIONS: usize = 1024;
 
 /// The registry: which rooms exist here, and how many members each has.
 pub struct Rooms {
@@ -266,6 +268,20 @@ impl Tail {
         tail
     }
 
+    /// Replaces message `seq` with its removed tombstone; answers the tombstone if the
+    /// tail held the message (it was delivered here).
+    fn remove(&mut self, seq: u64) -> Option<Arc<ChatMessage>> {
+        let first = self.messages.front()?.seq;
+        let slot = self.messages.get_mut(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+        if slot.tombstone {
+            return None;
+        }
+        let tombstone = Arc::new(removed(slot));
+        self.bytes = self.bytes - wire_size(slot) + wire_size(&tombstone);
+        *slot = tombstone.clone();
+        Some(tombstone)
+    }
+
     /// Appends the message that follows the last one.
     fn push(&mut self, msg: Arc<ChatMessage>) {
         self.bytes += wire_size(&msg);
@@ -342,6 +358,9 @@ struct RoomTask {
     /// The room's first read is running.
     room_loading: bool,
     tail: Tail,
+    /// Seqs removed by moderation lately: a delivery or a history read that predates the
+    /// removal is shown as removed (bounded by [`REMEMBERED_DELETIONS`]).
+    deleted: BTreeMap<u64, ()>,
 }
 
 impl RoomTask {
@@ -369,6 +388,7 @@ impl RoomTask {
             catch_up_wanted: false,
             room_loading: false,
             tail: Tail::default(),
+            deleted: BTreeMap::new(),
         }
     }
 
@@ -428,7 +448,10 @@ impl RoomTask {
                 self.gap_timer = false;
                 self.check_gap();
             }
-            // This gateway's own signals come back through the broker: already known.
+            Command::Signal(RoomSignal { kind: Some(room_signal::Kind::Deleted(deleted)), .. }) => {
+                self.remove(deleted.seq);
+            }
+            // This gateway's own presence and typing come back through the broker: known.
             Command::Signal(signal) if signal.gateway == self.presence.gateway() => {}
             Command::Signal(signal) => match &signal.kind {
                 Some(room_signal::Kind::Presence(change)) => {
@@ -439,7 +462,7 @@ impl RoomTask {
                     self.arm_tick();
                 }
                 Some(room_signal::Kind::Typing(user)) => self.typing(user.clone(), false),
-                None => {}
+                Some(room_signal::Kind::Kick(_) | room_signal::Kind::Deleted(_)) | None => {}
             },
             Command::Typing { user } => self.typing(user, true),
             Command::Presence(reply) => {
@@ -627,7 +650,7 @@ impl RoomTask {
     fn room_loaded(&mut self, result: Result<Page, StoreError>) {
         self.room_loading = false;
         let page = match result {
-            Ok(page) => page,
+            Ok(page) => self.removed_in(page),
             Err(err) => {
                 let message = format!("cannot load room history yet ({err}); retrying");
                 for member in self.members.values().filter(|m| m.waiting.is_some()) {
@@ -698,7 +721,16 @@ impl RoomTask {
         });
     }
 
+    /// `page` with the messages removed since it was read shown as removed.
+    fn removed_in(&self, mut page: Page) -> Page {
+        for msg in page.messages.iter_mut().filter(|m| !m.tombstone && self.deleted.contains_key(&m.seq)) {
+            *msg = removed(msg);
+        }
+        page
+    }
+
     fn loaded(&mut self, id: MemberId, since: Option<u64>, result: Result<Page, StoreError>) {
+        let result = result.map(|page| self.removed_in(page));
         let Some(member) = self.members.get_mut(&id) else {
             return;
         };
@@ -728,8 +760,44 @@ impl RoomTask {
         if self.cursor.is_some_and(|cursor| msg.seq <= cursor) {
             return;
         }
+        let msg = self.as_removed(msg);
         self.pending.insert(msg.seq, msg);
         self.drain();
+    }
+
+    /// `msg`, or its tombstone if moderation removed it since it was read or published.
+    fn as_removed(&self, msg: Arc<ChatMessage>) -> Arc<ChatMessage> {
+        if !msg.tombstone && self.deleted.contains_key(&msg.seq) {
+            Arc::new(removed(&msg))
+        } else {
+            msg
+        }
+    }
+
+    /// Moderation removed message `seq`: whatever holds it here (the tail, the pending
+    /// deliveries, what loading members wait for) holds its tombstone from now on, and the
+    /// members that were sent it are told (`deleted`).
+    fn remove(&mut self, seq: u64) {
+        self.deleted.insert(seq, ());
+        while self.deleted.len() > REMEMBERED_DELETIONS {
+            self.deleted.pop_first();
+        }
+        if let Some(msg) = self.pending.remove(&seq) {
+            self.pending.insert(seq, self.as_removed(msg));
+        }
+        let shown = self.tail.remove(seq);
+        for member in self.members.values_mut() {
+            for held in member.held.iter_mut().filter(|m| m.seq == seq && !m.tombstone) {
+                *held = Arc::new(removed(held));
+            }
+        }
+        let Some(msg) = shown else {
+            return;
+        };
+        let frame = Utf8Bytes::from(ServerFrame::Deleted { room: &self.room, seq, id: &msg.id }.to_json());
+        for member in self.members.values().filter(|m| m.last.is_some_and(|last| last >= seq)) {
+            member.sink.deleted(&msg, &frame);
+        }
     }
 
     /// Delivers pending messages while they follow the cursor without a hole.
@@ -894,7 +962,7 @@ mod tests {
             text: format!("t{seq}"),
             ts: now_millis(),
             client_id: format!("c{seq}"),
-            tombstone: false,
+            ..Default::default()
         }
     }
 
@@ -924,6 +992,9 @@ mod tests {
             self.reads.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
             self.inner.max_seq(room).await
+        }
+        async fn delete(&self, room: &str, seq: u64) -> Result<Option<ChatMessage>, StoreError> {
+            self.inner.delete(room, seq).await
         }
     }
 

@@ -18,6 +18,9 @@ pub trait Sink: Send + Sync + 'static {
     fn deliver(&self, msg: &ChatMessage, ws_frame: &Utf8Bytes);
     /// A presence batch or a typing signal; `ws_frame` is its `/ws` encoding.
     fn notify(&self, room: &str, notice: &Notice, ws_frame: &Utf8Bytes);
+    /// A message this member was sent was removed by moderation: `tombstone` replaced
+    /// it; `ws_frame` is the `/ws` `deleted` frame.
+    fn deleted(&self, tombstone: &ChatMessage, ws_frame: &Utf8Bytes);
     /// The history could not be loaded yet; the room retries.
     fn unavailable(&self, room: &str, message: &str);
 }

@@ -9,7 +9,8 @@
 //! so every client of a room sees the same messages in the same order.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 
 use roomcast_proto::ChatMessage;
@@ -76,9 +77,7 @@ pub fn install(io: &SocketIo, hub: Arc<Hub>) {
             socket.join(EVERY_ROOM);
         }
         let _ = socket.emit("room", &directory.snapshot(&grant));
-        if state.conn.has_token() {
-            tokio::spawn(watch_token(socket.clone(), state.clone()));
-        }
+        tokio::spawn(watch_server_side(socket.clone(), state.clone()));
     };
     io.ns("/", connected.with(register));
 }
@@ -108,8 +107,8 @@ struct Socket {
     connected: watch::Sender<bool>,
     /// Cancelled when the socket is gone: ends its token watch.
     gone: CancellationToken,
-    /// Set when the server closes the socket because its token ran out.
-    expired: AtomicBool,
+    /// Set when the server closes the socket: the `disconnects_total` reason.
+    closed_by: OnceLock<&'static str>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -155,7 +154,7 @@ fn on_connect(socket: SocketRef, conn: Arc<Conn>, directory: Arc<Directory>) {
         sent: AtomicU64::new(0),
         connected: watch::Sender::new(false),
         gone: CancellationToken::new(),
-        expired: AtomicBool::new(false),
+        closed_by: OnceLock::new(),
     });
     socket.extensions.insert(state.clone());
 
@@ -359,38 +358,53 @@ fn on_connect(socket: SocketRef, conn: Arc<Conn>, directory: Arc<Directory>) {
     });
     socket.on_disconnect(async move |reason: DisconnectReason| {
         state.gone.cancel();
-        let reason = match reason {
-            _ if state.expired.load(Ordering::Relaxed) => "token_expired",
-            DisconnectReason::TransportClose | DisconnectReason::ClientNSDisconnect => "client_close",
-            DisconnectReason::ServerNSDisconnect | DisconnectReason::ClosingServer => "drain",
+        let reason = match (state.closed_by.get(), reason) {
+            (Some(by), _) => by,
+            (None, DisconnectReason::TransportClose | DisconnectReason::ClientNSDisconnect) => "client_close",
+            (None, DisconnectReason::ServerNSDisconnect | DisconnectReason::ClosingServer) => "drain",
             _ => "error",
         };
         state.conn.close(reason);
     });
 }
 
-/// Follows a socket's token until it is gone: asks for a new one (`refresh_needed`) when
-/// it expires, and disconnects it (after a `token_expired` event) when none came in time.
-async fn watch_token(socket: SocketRef, state: Arc<Socket>) {
+/// Follows what the server may end a socket for, until it is gone: its token (asks for a
+/// new one with `refresh_needed` when it expires, and disconnects it after a
+/// `token_expired` event when none came in time) and the server API's removal of its
+/// user (a `kicked` event, then disconnect).
+async fn watch_server_side(socket: SocketRef, state: Arc<Socket>) {
+    let conn = &state.conn;
     loop {
         let step = tokio::select! {
-            step = state.conn.token_due() => step,
+            step = conn.token_due(), if conn.has_token() => step,
+            ban = conn.removed() => {
+                let close = CloseCode::Kicked;
+                let until = (ban.until > 0).then_some(ban.until);
+                let kicked = json!({"code": close.code(), "reason": ban.reason, "until": until});
+                end(&socket, &state, "kicked", &kicked, close);
+                return;
+            }
             _ = state.gone.cancelled() => return,
         };
         match step {
             TokenStep::RefreshNeeded => {
-                let grace_seconds = state.conn.hub().limits.refresh_grace.as_secs_f64();
+                let grace_seconds = conn.hub().limits.refresh_grace.as_secs_f64();
                 let _ = socket.emit("refresh_needed", &json!({"grace_seconds": grace_seconds}));
             }
             TokenStep::Expired => {
                 let close = CloseCode::TokenExpired;
-                state.expired.store(true, Ordering::Relaxed);
-                let _ = socket.emit("token_expired", &json!({"code": close.code(), "reason": close.reason()}));
-                let _ = socket.disconnect();
+                end(&socket, &state, "token_expired", &json!({"code": close.code(), "reason": close.reason()}), close);
                 return;
             }
         }
     }
+}
+
+/// The server ends a socket: the event saying why, then the disconnect.
+fn end(socket: &SocketRef, state: &Socket, event: &str, data: &Value, close: CloseCode) {
+    let _ = state.closed_by.set(close.disconnect_reason());
+    let _ = socket.emit(event, data);
+    let _ = socket.clone().disconnect();
 }
 
 /// A send's answer: the ack with the stored message's position, or the error.
@@ -630,6 +644,12 @@ impl Sink for SocketSink {
         }
     }
 
+    /// Both styles get `deleted` {room, seq, id}: the original app's client ignores
+    /// events it does not know, and its history no longer holds the message.
+    fn deleted(&self, tombstone: &ChatMessage, _ws_frame: &Utf8Bytes) {
+        self.emit("deleted", &json!({"room": tombstone.room, "seq": tombstone.seq, "id": tombstone.id}));
+    }
+
     fn notify(&self, room: &str, notice: &Notice, _ws_frame: &Utf8Bytes) {
         // The original app's client knows none of these events.
         if self.style == Style::Original {
@@ -753,6 +773,9 @@ impl Sink for DirectorySink {
             self.0.refresh(Vec::new());
         }
     }
+
+    /// Never called: the server API removes no messages of `~` rooms.
+    fn deleted(&self, _tombstone: &ChatMessage, _ws_frame: &Utf8Bytes) {}
 
     fn notify(&self, _room: &str, _notice: &Notice, _ws_frame: &Utf8Bytes) {}
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use fanout::{Broker, BrokerError, Link};
 use persister::{Archive, HistoryQuery, StoreError, Written};
-use roomcast_proto::{ChatMessage, HeartbeatReply, PresenceEntry, RoomSignal, RoomTouch, RoomsReply};
+use roomcast_proto::{ChatMessage, HeartbeatReply, PresenceEntry, RoomSignal, RoomTouch, RoomsReply, UserBan};
 
 /// An upstream client, its calls measured as `roomcast_gateway_upstream_*{upstream}`.
 pub struct Metered<T> {
@@ -82,6 +82,14 @@ impl<B: Broker> Broker for Metered<B> {
     async fn rooms(&self, offset: u32, limit: u32) -> Result<RoomsReply, BrokerError> {
         self.measure("rooms", any, self.inner.rooms(offset, limit)).await
     }
+
+    async fn ban(&self, ban: &UserBan) -> Result<(), BrokerError> {
+        self.measure("ban", any, self.inner.ban(ban)).await
+    }
+
+    async fn bans(&self) -> Result<Vec<UserBan>, BrokerError> {
+        self.measure("bans", any, self.inner.bans()).await
+    }
 }
 
 /// A seq conflict is the send path working as designed, not a failing store.
@@ -105,5 +113,9 @@ impl<A: Archive> Archive for Metered<A> {
 
     async fn max_seq(&self, room: &str) -> Result<u64, StoreError> {
         self.measure("max_seq", store_failed, self.inner.max_seq(room)).await
+    }
+
+    async fn delete(&self, room: &str, seq: u64) -> Result<Option<ChatMessage>, StoreError> {
+        self.measure("delete", store_failed, self.inner.delete(room, seq)).await
     }
 }

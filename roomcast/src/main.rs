@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fanout::{DirectoryArgs, MemoryBroker};
-use gateway::{EdgeArgs, Gateway, SelfSign, WebTransport};
+use gateway::{ApiArgs, EdgeArgs, Gateway, SelfSign, WebTransport};
 use persister::{BatcherConfig, Persister, RedbStore};
 
 #[derive(Parser)]
@@ -50,7 +50,15 @@ struct ServeArgs {
     edge: EdgeArgs,
     #[command(flatten)]
     directory: DirectoryArgs,
+    /// The server API listens on 127.0.0.1:9091 unless --api-listen says otherwise (or
+    /// `off`); without --api-key or --api-key-file its key is made once and kept in
+    /// DATA_DIR/api-key (readable by this user only).
+    #[command(flatten)]
+    api: ApiArgs,
 }
+
+/// Where `roomcast` serves the server API by default: loopback only.
+const API_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9091);
 
 #[derive(clap::Args)]
 struct TokenArgs {
@@ -89,6 +97,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     gateway::describe_metrics();
     persister::metrics::describe();
     let edge = args.edge.load()?;
+    let api = match (&args.api.api_key, &args.api.api_key_file, args.api.api_listen.as_deref()) {
+        (None, None, listen) if listen.map(str::trim) != Some("off") => {
+            ApiArgs { api_key_file: Some(local_api_key(&args.data_dir)?), ..args.api.clone() }
+        }
+        _ => args.api.clone(),
+    };
+    let api = api.load(Some(API_LISTEN))?;
     let wt = match args.edge.webtransport(args.listen, SelfSign::Allowed)? {
         Some(config) => Some(WebTransport::bind(config, &edge.limits).await?),
         None => None,
@@ -99,5 +114,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let broker = MemoryBroker::new(args.directory.limits()?);
     let gateway = Gateway::start(Arc::new(broker), archive, edge.limits, edge.access);
     let drain = Duration::from_secs(args.drain_seconds);
-    gateway.run(args.listen, edge.tls, wt, args.metrics_listen, metrics, drain).await
+    gateway.run(args.listen, edge.tls, wt, api, args.metrics_listen, metrics, drain).await
+}
+
+/// The one-process server's own API key: made at the first start, then kept.
+fn local_api_key(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = data_dir.join("api-key");
+    std::fs::create_dir_all(data_dir)
+        .map_err(|err| anyhow::anyhow!("cannot create data directory {}: {err}", data_dir.display()))?;
+    let created = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path);
+    match created {
+        Ok(mut file) => {
+            let key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+            file.write_all(format!("{key}\n").as_bytes())
+                .map_err(|err| anyhow::anyhow!("cannot write the API key to {}: {err}", path.display()))?;
+            tracing::info!(file = %path.display(), "made a server API key");
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(err) => anyhow::bail!("cannot create the API key file {}: {err}", path.display()),
+    }
+    Ok(path)
 }

@@ -222,7 +222,7 @@ async fn persister_writes_are_idempotent() {
         text: "hello".into(),
         ts: 1,
         client_id: "c1".into(),
-        tombstone: false,
+        ..Default::default()
     };
     let mut first = None;
     for _ in 0..100 {

@@ -35,7 +35,7 @@ fn message(room: &str, seq: u64) -> ChatMessage {
         text: "x".repeat(64),
         ts: 0,
         client_id: format!("c{seq}"),
-        tombstone: false,
+        ..Default::default()
     }
 }
 

@@ -14,14 +14,14 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use governor::DefaultDirectRateLimiter;
 use metrics::{Counter, Histogram};
 use persister::HistoryQuery;
-use roomcast_proto::{ChatMessage, RoomTouch};
+use roomcast_proto::{ChatMessage, RoomTouch, UserBan};
 use tokio::sync::mpsc;
 
 use crate::admission::{Admitted, Slot};
 use crate::auth::RoomGrant;
 use crate::directory::{Entry, DIRECTORY, SYSTEM_USER};
 use crate::error::{ClientError, Malformed};
-use crate::hub::{broker_failed, store_failed, Hub};
+use crate::hub::{broker_failed, store_failed, Hub, Kick};
 use crate::limits::Limits;
 use crate::metrics::METRICS;
 use crate::presence::Snapshot;
@@ -109,6 +109,8 @@ pub struct Conn {
     sends: OnceLock<SendQueue>,
     /// The connection's place in the admission counts; taken at close.
     slot: Mutex<Option<Slot>>,
+    /// Fired when the server API removes the user; none for a connection without a name.
+    kick: Option<Arc<Kick>>,
 }
 
 impl Conn {
@@ -116,8 +118,10 @@ impl Conn {
     /// `webtransport`).
     pub fn open(hub: Arc<Hub>, protocol: &'static str, admitted: Admitted) -> Arc<Conn> {
         hub.connection_opened(protocol);
+        let member = hub.next_member_id();
         Arc::new(Conn {
-            member: hub.next_member_id(),
+            kick: admitted.user.as_deref().map(|user| hub.register(user, member)),
+            member,
             protocol,
             user: admitted.user,
             authenticated: admitted.authenticated,
@@ -136,6 +140,15 @@ impl Conn {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Resolves when the server API removes this connection's user, with the removal;
+    /// never for a connection without a user name. The front door then closes it (4403).
+    pub async fn removed(&self) -> UserBan {
+        match &self.kick {
+            Some(kick) => kick.removed().await.clone(),
+            None => std::future::pending().await,
+        }
     }
 
     /// Counts one frame or event from the client, and checks it against the rate limit.
@@ -418,6 +431,9 @@ impl Conn {
         if let Some(sends) = self.sends.get() {
             sends.task.abort();
         }
+        if let (Some(user), Some(_)) = (&self.user, &self.kick) {
+            self.hub.unregister(user, self.member);
+        }
         self.hub.connection_closed(self.protocol, reason);
         drop(slot);
     }
@@ -562,4 +578,4 @@ async fn run_sends(hub: Arc<Hub>, mut jobs: mpsc::Receiver<SendJob>, duration: &
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

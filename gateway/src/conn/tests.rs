@@ -56,13 +56,14 @@ impl Fixture {
 
 /// What a room hands one member.
 #[derive(Debug, PartialEq)]
-enum Seen {
+pub(crate) enum Seen {
     Joined(Vec<u64>),
     Message(u64, String),
+    Deleted(u64),
     Unavailable,
 }
 
-struct Probe(mpsc::UnboundedSender<Seen>);
+pub(crate) struct Probe(mpsc::UnboundedSender<Seen>);
 
 impl Sink for Probe {
     fn joined(&self, _room: &str, page: &[ChatMessage], _truncated: bool, _presence: &Snapshot) {
@@ -71,18 +72,21 @@ impl Sink for Probe {
     fn deliver(&self, msg: &ChatMessage, _ws_frame: &Utf8Bytes) {
         let _ = self.0.send(Seen::Message(msg.seq, msg.text.clone()));
     }
+    fn deleted(&self, tombstone: &ChatMessage, _ws_frame: &Utf8Bytes) {
+        let _ = self.0.send(Seen::Deleted(tombstone.seq));
+    }
     fn notify(&self, _room: &str, _notice: &Notice, _ws_frame: &Utf8Bytes) {}
     fn unavailable(&self, _room: &str, _message: &str) {
         let _ = self.0.send(Seen::Unavailable);
     }
 }
 
-fn probe() -> (Arc<Probe>, mpsc::UnboundedReceiver<Seen>) {
+pub(crate) fn probe() -> (Arc<Probe>, mpsc::UnboundedReceiver<Seen>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (Arc::new(Probe(tx)), rx)
 }
 
-async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+pub(crate) async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
     tokio::time::timeout(WAIT, seen.recv()).await.expect("a room event in time").expect("the room is open")
 }
 
@@ -296,6 +300,9 @@ impl Archive for Broken {
     }
     async fn max_seq(&self, _room: &str) -> Result<u64, StoreError> {
         Ok(0)
+    }
+    async fn delete(&self, _room: &str, _seq: u64) -> Result<Option<ChatMessage>, StoreError> {
+        Ok(None)
     }
 }
 

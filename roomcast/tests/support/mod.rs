@@ -202,8 +202,13 @@ pub struct Stack {
     pub fanouts: Vec<Proc>,
     pub gateways: Vec<Proc>,
     pub gateway_ports: Vec<u16>,
+    /// Each gateway's server API (key [`API_KEY`]).
+    pub api_ports: Vec<u16>,
     pub metrics_ports: HashMap<String, u16>,
 }
+
+/// The server API key every test gateway takes.
+pub const API_KEY: &str = "test-api-key-0123456789abcdef";
 
 impl Stack {
     pub fn start(test: &str, gateways: usize) -> Stack {
@@ -268,6 +273,7 @@ impl Stack {
             fanouts: Vec::new(),
             gateways: Vec::new(),
             gateway_ports: Vec::new(),
+            api_ports: Vec::new(),
             metrics_ports,
         };
         let fanout = upstream("fanout");
@@ -286,7 +292,7 @@ impl Stack {
 
     fn add_gateway(&mut self, test: &str, i: usize, fanout: &Path) {
         let fanout_port = free_port();
-        let (fm, gm, gport) = (free_port(), free_port(), free_port());
+        let (fm, gm, gport, api) = (free_port(), free_port(), free_port(), free_port());
         self.metrics_ports.insert(format!("fanout-{i}"), fm);
         self.metrics_ports.insert(format!("gateway-{i}"), gm);
         self.fanouts.push(Proc::spawn(
@@ -320,9 +326,14 @@ impl Stack {
                 webtransport_cert().cert.display().to_string(),
                 "--webtransport-key".into(),
                 webtransport_cert().key.display().to_string(),
+                "--api-listen".into(),
+                format!("127.0.0.1:{api}"),
+                "--api-key".into(),
+                API_KEY.into(),
             ],
         ));
         self.gateway_ports.push(gport);
+        self.api_ports.push(api);
     }
 
     /// The stack's one Redis; panics on a cluster stack.
@@ -401,6 +412,10 @@ pub fn start_roomcast(name: &str, dir: &Path, extra: &[&str]) -> (Proc, u16, u16
         "--data-dir".into(),
         dir.display().to_string(),
     ];
+    if !extra.contains(&"--api-listen") {
+        // Its default port is one for all: tests run side by side.
+        args.extend(["--api-listen".to_owned(), format!("127.0.0.1:{}", free_port())]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let proc = Proc::spawn(name, &bin("roomcast"), &args);
     wait_ready(metrics, Duration::from_secs(30));
@@ -451,6 +466,33 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((status, body))
+}
+
+/// One server API call over HTTP/1.0: `key` as `Authorization: apikey KEY`, `body` as
+/// JSON. Answers the status and the JSON body (`Null` when it is not JSON).
+pub fn api_call(port: u16, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the server API");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+    if let Some(key) = key {
+        head += &format!("Authorization: apikey {key}\r\n");
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() {
+        head += &format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    }
+    write!(stream, "{head}\r\n{body}").expect("send the request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the response");
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// A server API call with [`API_KEY`] and a JSON body.
+pub fn api(port: u16, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    api_call(port, method, path, Some(API_KEY), body.map(|b| b.to_string()).as_deref())
 }
 
 /// A JSON-protocol client, on `/ws` or `/wt`, that records everything it receives.
