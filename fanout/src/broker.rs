@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use roomcast_proto::{
-    ChatMessage, Event, HeartbeatReply, Interest, PresenceEntry, RoomSignal, RoomTouch, RoomsReply, UserBan,
+    ChatMessage, Event, HeartbeatReply, Interest, PresenceEntry, RoomSignal, RoomTouch, RoomsReply, SpendReply,
+    SpendRequest, UserBan,
 };
 use tokio::sync::mpsc;
 
@@ -36,6 +37,9 @@ pub trait Broker: Send + Sync + 'static {
     async fn ban(&self, ban: &UserBan) -> Result<(), BrokerError>;
     /// The bans in force, for a gateway whose link (re)connects.
     async fn bans(&self) -> Result<Vec<UserBan>, BrokerError>;
+    /// Takes one send from its user's and its room's budgets (the user's first); answers
+    /// which budget it is over, if any (see `budget`).
+    async fn spend(&self, spend: &SpendRequest) -> Result<SpendReply, BrokerError>;
 }
 
 /// The control room: every gateway's link subscribes it, so a signal there (a
@@ -56,6 +60,9 @@ pub enum BrokerError {
     Unavailable(String),
     #[error("broker did not answer in time")]
     Timeout,
+    /// The broker is of a version without this call (during a rolling upgrade).
+    #[error("the broker does not know this call: {0}")]
+    Unsupported(String),
 }
 
 /// Capacity of a link's event queue. A gateway that falls this far behind has its link

@@ -7,7 +7,7 @@ use roomcast_proto::dial;
 use roomcast_proto::fanout_client::FanoutClient as Grpc;
 use roomcast_proto::{
     BansRequest, ChatMessage, HeartbeatReply, HeartbeatRequest, NextSeqRequest, PresenceEntry, PresenceRequest,
-    RoomSignal, RoomTouch, RoomsReply, RoomsRequest, SeedRequest, TouchRequest, UserBan,
+    RoomSignal, RoomTouch, RoomsReply, RoomsRequest, SeedRequest, SpendReply, SpendRequest, TouchRequest, UserBan,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,6 +32,7 @@ impl FanoutClient {
 fn from_status(method: &str, status: tonic::Status) -> BrokerError {
     match status.code() {
         tonic::Code::DeadlineExceeded => BrokerError::Timeout,
+        tonic::Code::Unimplemented => BrokerError::Unsupported(format!("fanout {method}")),
         _ => BrokerError::Unavailable(format!("fanout {method}: {}", status.message())),
     }
 }
@@ -113,6 +114,11 @@ impl Broker for FanoutClient {
     async fn ban(&self, ban: &UserBan) -> Result<(), BrokerError> {
         let mut grpc = self.grpc.clone();
         call("ban", grpc.ban(ban.clone())).await.map(drop)
+    }
+
+    async fn spend(&self, spend: &SpendRequest) -> Result<SpendReply, BrokerError> {
+        let mut grpc = self.grpc.clone();
+        call("spend", grpc.spend(spend.clone())).await
     }
 
     async fn bans(&self) -> Result<Vec<UserBan>, BrokerError> {

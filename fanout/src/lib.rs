@@ -6,6 +6,7 @@
 //! [`FanoutClient`], the gateway's view of a remote `fanout`.
 
 mod broker;
+mod budget;
 mod client;
 mod memory;
 pub mod metrics;

@@ -7,20 +7,32 @@ use std::time::Instant;
 use async_trait::async_trait;
 use roomcast_proto::{
     event::Kind, now_millis, room_signal, ChatMessage, HeartbeatReply, PresenceEntry, RoomInfo, RoomSignal, RoomTouch,
-    RoomsReply, UserBan,
+    RoomsReply, SpendReply, SpendRequest, UserBan,
 };
 use tokio::sync::mpsc;
 
 use crate::broker::{Broker, BrokerError, Link, LINK_CAPACITY};
+use crate::budget::{gcra, take};
 use crate::presence::{
     distinct_users, signal_kind, touched_at, Directory, DirectoryLimits, GATEWAY_TTL, MAX_ROOMS_PAGE,
 };
 use crate::registry::Registry;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryBroker {
     inner: Arc<Mutex<State>>,
+    /// The budgets' clock: monotonic, so a wall-clock step cannot refill them.
+    epoch: Instant,
 }
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self { inner: Arc::default(), epoch: Instant::now() }
+    }
+}
+
+/// Budgets kept before the full ones are dropped.
+const MAX_BUDGETS: usize = 100_000;
 
 #[derive(Default)]
 struct State {
@@ -33,6 +45,8 @@ struct State {
     limits: DirectoryLimits,
     /// user -> the ban, until its `until`.
     bans: HashMap<String, UserBan>,
+    /// "user:NAME" / "room:NAME" -> the budget's TAT (µs on the broker's `epoch` clock).
+    budgets: HashMap<String, u64>,
 }
 
 impl State {
@@ -195,6 +209,32 @@ impl Broker for MemoryBroker {
             state.bans.insert(ban.user.clone(), ban.clone());
         }
         Ok(())
+    }
+
+    async fn spend(&self, spend: &SpendRequest) -> Result<SpendReply, BrokerError> {
+        let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut state = self.state();
+        if state.budgets.len() > MAX_BUDGETS {
+            // Keys whose budget is full again hold nothing worth keeping.
+            state.budgets.retain(|_, tat| *tat > now);
+        }
+        let scopes = [
+            ("user", format!("user:{}", spend.user), gcra(spend.user_budget.as_ref())),
+            ("room", format!("room:{}", spend.room), gcra(spend.room_budget.as_ref())),
+        ];
+        for (scope, key, budget) in scopes {
+            let Some(budget) = budget else { continue };
+            let tat = state.budgets.get(&key).copied().unwrap_or(0);
+            match take(tat, now, budget) {
+                Ok(next) => {
+                    state.budgets.insert(key, next);
+                }
+                Err(wait_us) => {
+                    return Ok(SpendReply { over: scope.to_owned(), retry_after_ms: wait_us.div_ceil(1000) });
+                }
+            }
+        }
+        Ok(SpendReply::default())
     }
 
     async fn bans(&self) -> Result<Vec<UserBan>, BrokerError> {

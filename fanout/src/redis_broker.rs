@@ -20,11 +20,12 @@ use prost::Message as _;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use roomcast_proto::{
     now_millis, room_signal, ChatMessage, HeartbeatReply, PresenceEntry, RoomInfo, RoomSignal, RoomTouch, RoomsReply,
-    UserBan,
+    SpendReply, SpendRequest, UserBan,
 };
 use tokio::sync::mpsc;
 
 use crate::broker::{Broker, BrokerError, Link, LINK_CAPACITY};
+use crate::budget::{gcra, TAKE_SCRIPT};
 use crate::presence::{
     distinct_users, is_listed, signal_kind, touched_at, DirectoryLimits, GATEWAY_TTL, MAX_ROOMS_PAGE, TRIM_BATCH,
 };
@@ -129,6 +130,7 @@ pub struct RedisBroker {
     presence_change: Arc<redis::Script>,
     presence_read: Arc<redis::Script>,
     trim_directory: Arc<redis::Script>,
+    take_budget: Arc<redis::Script>,
     limits: DirectoryLimits,
 }
 
@@ -153,6 +155,7 @@ impl RedisBroker {
             presence_change: Arc::new(redis::Script::new(PRESENCE_CHANGE)),
             presence_read: Arc::new(redis::Script::new(PRESENCE_READ)),
             trim_directory: Arc::new(redis::Script::new(TRIM_DIRECTORY)),
+            take_budget: Arc::new(redis::Script::new(TAKE_SCRIPT)),
             limits,
         })
     }
@@ -460,6 +463,31 @@ impl Broker for RedisBroker {
             pipe.cmd("HDEL").arg(BANS).arg(&ban.user).ignore();
         }
         pipe.query_async::<()>(&mut conn).await.map_err(|err| unavailable("ban", err))
+    }
+
+    /// The user's budget, then the room's: in a cluster they live in two slots, so two
+    /// scripts; a send the room refuses has spent from its user's budget.
+    async fn spend(&self, spend: &SpendRequest) -> Result<SpendReply, BrokerError> {
+        let scopes = [
+            ("user", self.keys.user_budget(&spend.user), gcra(spend.user_budget.as_ref())),
+            ("room", self.keys.room_budget(&spend.room), gcra(spend.room_budget.as_ref())),
+        ];
+        for (scope, key, budget) in scopes {
+            let Some((interval, tolerance)) = budget else { continue };
+            let mut conn = self.conn.clone();
+            let wait_us: u64 = self
+                .take_budget
+                .key(key)
+                .arg(interval)
+                .arg(tolerance)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|err| unavailable("spend", err))?;
+            if wait_us > 0 {
+                return Ok(SpendReply { over: scope.to_owned(), retry_after_ms: wait_us.div_ceil(1000) });
+            }
+        }
+        Ok(SpendReply::default())
     }
 
     /// Ended bans are skipped; they stay in the hash until the user is banned again

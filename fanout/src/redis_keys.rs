@@ -11,6 +11,8 @@ const CHANNEL: &str = "roomcast:room:";
 const SIGNAL: &str = "roomcast:signal:";
 const PRESENCE: &str = "roomcast:presence:";
 const ANNOUNCED: &str = "roomcast:announced:";
+const USER_BUDGET: &str = "roomcast:budget:user:";
+const ROOM_BUDGET: &str = "roomcast:budget:room:";
 /// Live gateways, scored by their last heartbeat: one key, so one slot.
 pub const GATEWAYS: &str = "roomcast:gateways";
 /// Bans in force: a hash of user -> the encoded `UserBan`.
@@ -62,6 +64,16 @@ impl Keys {
     /// hash, in its slot: older releases read every field of the presence hash as a user).
     pub fn announced(self, room: &str) -> String {
         self.of(ANNOUNCED, room)
+    }
+
+    /// A user's send budget (its TAT); in a cluster, in the user's own slot.
+    pub fn user_budget(self, user: &str) -> String {
+        self.of(USER_BUDGET, user)
+    }
+
+    /// A room's send budget, in the room's slot.
+    pub fn room_budget(self, room: &str) -> String {
+        self.of(ROOM_BUDGET, room)
     }
 
     /// Both channels of a room, as one subscribe command takes them.

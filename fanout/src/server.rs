@@ -8,7 +8,7 @@ use roomcast_proto::fanout_server::Fanout;
 use roomcast_proto::{
     BanReply, BansReply, BansRequest, ChatMessage, Event, HeartbeatReply, HeartbeatRequest, Interest, NextSeqReply,
     NextSeqRequest, PresenceReply, PresenceRequest, PublishReply, RoomSignal, RoomsReply, RoomsRequest, SeedReply,
-    SeedRequest, SignalReply, TouchReply, TouchRequest, UserBan,
+    SeedRequest, SignalReply, SpendReply, SpendRequest, TouchReply, TouchRequest, UserBan,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -29,6 +29,7 @@ pub(crate) fn to_status(err: BrokerError) -> Status {
     match err {
         BrokerError::Unavailable(msg) => Status::unavailable(msg),
         BrokerError::Timeout => Status::deadline_exceeded("broker did not answer in time"),
+        BrokerError::Unsupported(msg) => Status::unimplemented(msg),
     }
 }
 
@@ -80,6 +81,10 @@ impl Fanout for FanoutService {
     async fn ban(&self, req: Request<UserBan>) -> Result<Response<BanReply>, Status> {
         self.broker.ban(&req.into_inner()).await.map_err(to_status)?;
         Ok(Response::new(BanReply {}))
+    }
+
+    async fn spend(&self, req: Request<SpendRequest>) -> Result<Response<SpendReply>, Status> {
+        Ok(Response::new(self.broker.spend(&req.into_inner()).await.map_err(to_status)?))
     }
 
     async fn bans(&self, _: Request<BansRequest>) -> Result<Response<BansReply>, Status> {

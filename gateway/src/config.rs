@@ -29,6 +29,24 @@ pub struct EdgeArgs {
     /// Frames one connection may send in a burst above that rate.
     #[arg(long, env = "ROOMCAST_FRAME_BURST", default_value_t = Limits::default().frame_burst)]
     pub frame_burst: u32,
+    /// Sends one user may make per second across all its connections and gateways (a
+    /// budget the broker keeps); beyond, `rate_limited`. 0: no user budget.
+    #[arg(long, env = "ROOMCAST_USER_SENDS_PER_SECOND", default_value_t = Limits::default().user_sends_per_second)]
+    pub user_sends_per_second: f64,
+    /// Sends one user may make at once above that rate.
+    #[arg(long, env = "ROOMCAST_USER_SEND_BURST", default_value_t = Limits::default().user_send_burst)]
+    pub user_send_burst: u32,
+    /// Sends one room may take per second from all its members, so that one room cannot
+    /// take the whole store; beyond, `rate_limited`. 0: no room budget.
+    #[arg(long, env = "ROOMCAST_ROOM_SENDS_PER_SECOND", default_value_t = Limits::default().room_sends_per_second)]
+    pub room_sends_per_second: f64,
+    /// Sends one room may take at once above that rate.
+    #[arg(long, env = "ROOMCAST_ROOM_SEND_BURST", default_value_t = Limits::default().room_send_burst)]
+    pub room_send_burst: u32,
+    /// While the broker cannot answer for the user and room budgets, sends go unchecked
+    /// for this many seconds (counted and logged), then are refused until it answers.
+    #[arg(long, env = "ROOMCAST_BUDGET_FAIL_OPEN_SECONDS", default_value_t = Limits::default().budget_fail_open.as_secs_f64())]
+    pub budget_fail_open_seconds: f64,
     /// Rooms one connection may be in at once; beyond, `too_many_rooms`.
     #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_CONNECTION", default_value_t = Limits::default().max_rooms_per_connection)]
     pub max_rooms_per_connection: usize,
@@ -165,9 +183,21 @@ impl EdgeArgs {
                 .context("--presence-grace-seconds must be a number of seconds, 0 or more")?,
             refresh_grace: std::time::Duration::try_from_secs_f64(self.auth_refresh_grace_seconds)
                 .context("--auth-refresh-grace-seconds must be a number of seconds, 0 or more")?,
+            user_sends_per_second: self.user_sends_per_second,
+            user_send_burst: self.user_send_burst,
+            room_sends_per_second: self.room_sends_per_second,
+            room_send_burst: self.room_send_burst,
+            budget_fail_open: std::time::Duration::try_from_secs_f64(self.budget_fail_open_seconds)
+                .context("--budget-fail-open-seconds must be a number of seconds, 0 or more")?,
             ..Limits::default()
         };
         anyhow::ensure!(limits.frames_per_second > 0, "--frames-per-second must be at least 1");
+        for (flag, rate) in [
+            ("--user-sends-per-second", limits.user_sends_per_second),
+            ("--room-sends-per-second", limits.room_sends_per_second),
+        ] {
+            anyhow::ensure!(rate.is_finite() && rate >= 0.0, "{flag} must be 0 (no budget) or a positive number");
+        }
         anyhow::ensure!(limits.rooms_created_per_minute > 0, "--rooms-created-per-minute must be at least 1");
         anyhow::ensure!(
             limits.max_frame_bytes <= limits.hard_frame_bytes,

@@ -15,6 +15,7 @@ use roomcast_proto::{now_millis, ChatMessage, UserBan};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{Access, Admission};
+use crate::budgets::Budgets;
 use crate::error::ClientError;
 use crate::limits::Limits;
 use crate::outbox::Budget;
@@ -49,6 +50,8 @@ pub(crate) struct Hub {
     pub room_creations: governor::DefaultKeyedRateLimiter<String>,
     /// Where pages find this gateway's WebTransport, once it serves it.
     pub webtransport: std::sync::OnceLock<crate::wt::Offered>,
+    /// The budgets each user and each room share across gateways.
+    pub budgets: Budgets,
     /// This gateway's id in presence and room signals.
     pub gateway_id: Arc<str>,
     /// The open connections of each named user, for the server API's disconnect.
@@ -135,6 +138,7 @@ impl Hub {
             admission: Arc::new(Admission::new(access, limits.clone(), ready.clone())),
             send_budget: Budget::new(limits.send_queue_budget_bytes),
             room_creations: limits.creation_limiter(),
+            budgets: Budgets::new(&limits),
             webtransport: std::sync::OnceLock::new(),
             gateway_id,
             kicks: Mutex::default(),
@@ -213,6 +217,23 @@ impl Hub {
         tokio::time::timeout_at(received + SEND_DEADLINE, self.try_send(user, room, text, client_id))
             .await
             .unwrap_or(Err(ClientError::Timeout))
+    }
+
+    /// As [`Hub::send`], for a client: its user's and its room's budgets first (the
+    /// server API's posts are the backend's, and are not budgeted).
+    pub async fn client_send(
+        &self,
+        received: tokio::time::Instant,
+        user: &str,
+        room: &str,
+        text: &str,
+        client_id: &str,
+    ) -> Result<ChatMessage, ClientError> {
+        let send = async {
+            self.budgets.spend(self.broker.as_ref(), user, room).await?;
+            self.try_send(user, room, text, client_id).await
+        };
+        tokio::time::timeout_at(received + SEND_DEADLINE, send).await.unwrap_or(Err(ClientError::Timeout))
     }
 
     async fn try_send(&self, user: &str, room: &str, text: &str, client_id: &str) -> Result<ChatMessage, ClientError> {

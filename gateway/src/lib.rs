@@ -10,6 +10,7 @@
 mod admission;
 mod api;
 mod auth;
+mod budgets;
 mod config;
 mod conn;
 mod directory;

@@ -42,6 +42,16 @@ pub struct Limits {
     pub presence_grace: std::time::Duration,
     /// How long a connection whose token expired has to send a new one.
     pub refresh_grace: std::time::Duration,
+    /// Sends one user may make per second across all its connections and gateways, and
+    /// at once above that (0 per second: no user budget).
+    pub user_sends_per_second: f64,
+    pub user_send_burst: u32,
+    /// Sends one room may take per second, from all its members, and at once above that
+    /// (0 per second: no room budget), so one room cannot take the whole store.
+    pub room_sends_per_second: f64,
+    pub room_send_burst: u32,
+    /// How long sends go unchecked while the broker cannot answer for the budgets.
+    pub budget_fail_open: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -67,6 +77,11 @@ impl Default for Limits {
             presence_list_max: 100,
             presence_grace: std::time::Duration::from_secs(3),
             refresh_grace: std::time::Duration::from_secs(30),
+            user_sends_per_second: 30.0,
+            user_send_burst: 60,
+            room_sends_per_second: 1000.0,
+            room_send_burst: 2000,
+            budget_fail_open: std::time::Duration::from_secs(30),
         }
     }
 }

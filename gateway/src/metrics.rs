@@ -168,6 +168,18 @@ pub fn describe() {
         "WebTransport sessions that failed before admission (QUIC or HTTP/3 handshake, no stream, wrong path)."
     );
     describe_counter!(
+        "roomcast_gateway_rate_limited_total",
+        "Frames and sends refused with rate_limited, by scope: connection (its frames), user (across connections and gateways), room."
+    );
+    describe_counter!(
+        "roomcast_gateway_budget_fail_open_total",
+        "Sends let through unchecked because the broker could not answer for the user and room budgets, by reason."
+    );
+    describe_counter!(
+        "roomcast_gateway_token_refreshes_total",
+        "Token refreshes on open connections, by result (ok, refused)."
+    );
+    describe_counter!(
         "roomcast_gateway_api_requests_total",
         "Server API requests, by method, route (the matched pattern) and status; 401s are refused keys."
     );
@@ -192,6 +204,15 @@ pub fn describe() {
     );
     LazyLock::force(&METRICS);
     gauge!("roomcast_gateway_jwks_keys").set(0.0);
+    for scope in ["connection", "user", "room"] {
+        counter!("roomcast_gateway_rate_limited_total", "scope" => scope).absolute(0);
+    }
+    for reason in ["broker_error", "unsupported"] {
+        counter!("roomcast_gateway_budget_fail_open_total", "reason" => reason).absolute(0);
+    }
+    for result in ["ok", "refused"] {
+        counter!("roomcast_gateway_token_refreshes_total", "result" => result).absolute(0);
+    }
     for result in ["ok", "failed"] {
         for trigger in ["start", "interval", "unknown_kid", "file"] {
             counter!("roomcast_gateway_jwks_refreshes_total", "result" => result, "trigger" => trigger).absolute(0);
@@ -224,6 +245,7 @@ pub fn describe() {
         "rooms",
         "ban",
         "bans",
+        "spend",
     ];
     for method in methods {
         counter!("roomcast_gateway_upstream_errors_total", "upstream" => "fanout", "method" => method).absolute(0);

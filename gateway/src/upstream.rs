@@ -8,7 +8,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 use fanout::{Broker, BrokerError, Link};
 use persister::{Archive, HistoryQuery, StoreError, Written};
-use roomcast_proto::{ChatMessage, HeartbeatReply, PresenceEntry, RoomSignal, RoomTouch, RoomsReply, UserBan};
+use roomcast_proto::{
+    ChatMessage, HeartbeatReply, PresenceEntry, RoomSignal, RoomTouch, RoomsReply, SpendReply, SpendRequest, UserBan,
+};
 
 /// An upstream client, its calls measured as `roomcast_gateway_upstream_*{upstream}`.
 pub struct Metered<T> {
@@ -85,6 +87,10 @@ impl<B: Broker> Broker for Metered<B> {
 
     async fn ban(&self, ban: &UserBan) -> Result<(), BrokerError> {
         self.measure("ban", any, self.inner.ban(ban)).await
+    }
+
+    async fn spend(&self, spend: &SpendRequest) -> Result<SpendReply, BrokerError> {
+        self.measure("spend", any, self.inner.spend(spend)).await
     }
 
     async fn bans(&self) -> Result<Vec<UserBan>, BrokerError> {

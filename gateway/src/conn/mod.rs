@@ -154,7 +154,10 @@ impl Conn {
     /// Counts one frame or event from the client, and checks it against the rate limit.
     pub fn received(&self) -> Result<(), ClientError> {
         self.received.increment(1);
-        self.limiter.check().map_err(|_| self.refused(self.hub.limits.rate_limited()))
+        self.limiter.check().map_err(|_| {
+            metrics::counter!("roomcast_gateway_rate_limited_total", "scope" => "connection").increment(1);
+            self.refused(self.hub.limits.rate_limited())
+        })
     }
 
     /// Counts a refusal. Every refusal passes here, those of the codecs included.
@@ -566,7 +569,10 @@ async fn run_sends(hub: Arc<Hub>, mut jobs: mpsc::Receiver<SendJob>, duration: &
                 tracing::warn!(%err, room = %touch.room, "cannot enter a created room in the directory");
             }
         }
-        let result = hub.send(job.received, &job.user, &job.room, &job.text, &job.client_id).await;
+        let result = match job.touch {
+            Some(_) => hub.send(job.received, &job.user, &job.room, &job.text, &job.client_id).await,
+            None => hub.client_send(job.received, &job.user, &job.room, &job.text, &job.client_id).await,
+        };
         duration.record(job.received.elapsed());
         let outcome = if result.is_ok() { "acked" } else { "error" };
         metrics::counter!("roomcast_gateway_messages_sent_total", "result" => outcome).increment(1);

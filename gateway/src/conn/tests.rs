@@ -334,3 +334,21 @@ async fn a_stalled_store_fills_the_queue_then_times_out_each_send() {
     let sent = answers.recv().await.expect("the first answer");
     assert_eq!((sent.client_id.as_str(), sent.result.err().map(|e| e.code())), ("c0", Some("timeout")));
 }
+
+#[tokio::test]
+async fn the_embedded_broker_holds_a_user_to_one_budget_across_connections() {
+    let limits = Limits { user_sends_per_second: 0.5, user_send_burst: 2, ..Limits::default() };
+    let fixture = Fixture::embedded(limits);
+    let (tab1, tab2, bob) =
+        (fixture.connect(Some("ada"), None), fixture.connect(Some("ada"), None), fixture.connect(Some("bob"), None));
+    for conn in [&tab1, &tab2, &bob] {
+        conn.join("lobby", None, probe().0).expect("join");
+    }
+    assert_eq!(code(&tab1, request("lobby", "one", Some("1"))).await, "ok");
+    assert_eq!(code(&tab2, request("lobby", "two", Some("2"))).await, "ok");
+    let (_, third) = send(&tab1, request("lobby", "three", Some("3"))).await;
+    let refused = third.expect_err("over the user's budget, whichever tab sends");
+    assert_eq!(refused.code(), "rate_limited");
+    assert!(refused.to_string().contains("across all your connections"), "{refused}");
+    assert_eq!(code(&bob, request("lobby", "mine", Some("b"))).await, "ok", "another user's budget is its own");
+}

@@ -219,19 +219,25 @@ impl Stack {
     /// MongoDB-wire server's host:port, and a `--mongodb` among them replaces the default.
     pub fn start_with(test: &str, gateways: usize, persister_args: &[&str]) -> Stack {
         let redis = RedisSetup::Single(Redis::start(&format!("{test}-redis")));
-        Stack::start_from(test, gateways, persister_args, None, redis)
+        Stack::start_from(test, gateways, persister_args, None, redis, &[])
+    }
+
+    /// As [`Stack::start`], with extra flags for every gateway.
+    pub fn start_gateways_with(test: &str, gateways: usize, gateway_args: &[&str]) -> Stack {
+        let redis = RedisSetup::Single(Redis::start(&format!("{test}-redis")));
+        Stack::start_from(test, gateways, &[], None, redis, gateway_args)
     }
 
     /// As [`Stack::start`], on the given Redis (TLS, or a cluster).
     pub fn start_on(test: &str, gateways: usize, redis: RedisSetup) -> Stack {
-        Stack::start_from(test, gateways, &[], None, redis)
+        Stack::start_from(test, gateways, &[], None, redis, &[])
     }
 
     /// As [`Stack::start`], with the fanout and persister binaries from `upstream_bins`
     /// (another release's), and this commit's gateways: a rolling upgrade's skew.
     pub fn start_skewed(test: &str, gateways: usize, upstream_bins: &Path) -> Stack {
         let redis = RedisSetup::Single(Redis::start(&format!("{test}-redis")));
-        Stack::start_from(test, gateways, &[], Some(upstream_bins), redis)
+        Stack::start_from(test, gateways, &[], Some(upstream_bins), redis, &[])
     }
 
     fn start_from(
@@ -240,6 +246,7 @@ impl Stack {
         persister_args: &[&str],
         upstream_bins: Option<&Path>,
         broker: RedisSetup,
+        gateway_args: &[&str],
     ) -> Stack {
         let upstream = |name: &str| upstream_bins.map_or_else(|| bin(name), |dir| dir.join(name));
         let mongo = Mongo::start(&format!("{test}-mongo"));
@@ -278,7 +285,7 @@ impl Stack {
         };
         let fanout = upstream("fanout");
         for i in 0..gateways {
-            stack.add_gateway(test, i, &fanout);
+            stack.add_gateway(test, i, &fanout, gateway_args);
         }
         // Ready means serving (readiness is each process's own state, not its
         // dependencies'): the persister once its indexes exist, a gateway once its broker
@@ -290,7 +297,7 @@ impl Stack {
         stack
     }
 
-    fn add_gateway(&mut self, test: &str, i: usize, fanout: &Path) {
+    fn add_gateway(&mut self, test: &str, i: usize, fanout: &Path, extra: &[&str]) {
         let fanout_port = free_port();
         let (fm, gm, gport, api) = (free_port(), free_port(), free_port(), free_port());
         self.metrics_ports.insert(format!("fanout-{i}"), fm);
@@ -330,7 +337,10 @@ impl Stack {
                 format!("127.0.0.1:{api}"),
                 "--api-key".into(),
                 API_KEY.into(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().map(|a| a.to_string()))
+            .collect::<Vec<String>>(),
         ));
         self.gateway_ports.push(gport);
         self.api_ports.push(api);
@@ -690,6 +700,18 @@ impl Client {
                     }
                 }
                 None => panic!("{}: connection closed while waiting", self.user),
+            }
+        }
+    }
+
+    /// Reads until `count` frames received match; panics after [`WAIT`].
+    pub async fn wait_for_count(&mut self, pred: impl Fn(&Value) -> bool, count: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.frames.iter().filter(|f| pred(f)).count() < count {
+            match tokio::time::timeout_at(deadline, self.next_frame()).await {
+                Ok(Some(frame)) => self.frames.push(frame),
+                Ok(None) => panic!("{}: connection closed while waiting for {count} frames", self.user),
+                Err(_) => panic!("{}: timed out waiting for {count} frames", self.user),
             }
         }
     }
