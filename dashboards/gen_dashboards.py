@@ -355,8 +355,39 @@ WT_HANDSHAKE_DESC = ("roomcast_gateway_webtransport_handshake_failures_total: We
                      "15 failures in 5 minutes, for 10 minutes.")
 REFUSED_DESC = ("roomcast_gateway_refused_connections_total: connections refused before any room was touched, by reason. "
                 "origin_not_allowed (ROOMCAST_ALLOWED_ORIGINS), token_missing / token_invalid / token_expired (JWT), "
-                "server_full (the gateway holds ROOMCAST_MAX_CONNECTIONS), too_many_connections "
-                "(one client address over ROOMCAST_MAX_CONNECTIONS_PER_IP).")
+                "invalid_user (a user name outside the rules), server_full (the gateway holds ROOMCAST_MAX_CONNECTIONS), "
+                "too_many_connections (one client address over ROOMCAST_MAX_CONNECTIONS_PER_IP), banned (a user banned "
+                "through the server API).")
+DISCONNECTS_DESC = ("roomcast_gateway_disconnects_total, all protocols, by reason: client_close, error, slow_consumer, drain, "
+                    "protocol_error, silent (no frame or pong for too long), token_expired (no new token within the grace "
+                    "after exp, close 4401), kicked (removed through the server API, POST /api/users/{user}/disconnect, "
+                    "close 4403).")
+API_REQUESTS_DESC = ("roomcast_gateway_api_requests_total: server API requests (--api-listen, docs/API.md) per second, by "
+                     "method, route (the matched pattern; unmatched for unknown paths) and status. A series appears with "
+                     "its first request: an API nobody calls shows no data. 5xx: 503 unavailable (broker or store down), "
+                     "504 timeout; 4xx are the caller's (bad request, unknown room or message, refused key).")
+API_DURATION_DESC = ("roomcast_gateway_api_request_duration_seconds: p99 time to answer, by method and route. A POST of a "
+                     "message answers once it is stored, like a client's ack (504 after 15 s); GETs read the store or "
+                     "the broker.")
+API_REFUSED_DESC = ("Server API requests refused with 401 (no `Authorization: apikey KEY`, or a key the gateway does not "
+                    "hold: --api-key, --api-key-file), per second by route. A steady rate is a backend still using a "
+                    "removed key (its calls all fail) or someone without a key trying. Alert RoomcastApiKeyRefusals: "
+                    "more than 1/s over 5 minutes, for 5 minutes.")
+RATE_LIMITED_DESC = ("roomcast_gateway_rate_limited_total: frames and sends refused with rate_limited, by scope: "
+                     "connection (one connection's frames, --frames-per-second), user (one user's sends across all its "
+                     "connections and gateways, --user-sends-per-second), room (one room's sends from all members, "
+                     "--room-sends-per-second). The user and room budgets live in the broker (Redis).")
+FAIL_OPEN_DESC = ("roomcast_gateway_budget_fail_open_total: sends let through without checking the user and room budgets, "
+                  "by reason: broker_error (the broker could not answer; for at most --budget-fail-open-seconds, then "
+                  "sends are refused as unavailable) or unsupported (a fanout of an older release, during an upgrade).")
+JWKS_LOADS_DESC = ("roomcast_gateway_jwks_refreshes_total: loads of the JWK Set that client tokens are checked with "
+                   "(--auth-jwks-url or --auth-jwks-file), by result (ok, failed) and trigger (start; interval: every "
+                   "--auth-jwks-refresh-seconds; unknown_kid: a token named a kid not held, at most every 10 s; file: "
+                   "the file changed), counted over each interval. A failed load keeps the keys held. All 0 without "
+                   "JWKS. Alert RoomcastJwksRefreshFailing: failed loads and no good one over 15 minutes, for 10 minutes.")
+JWKS_KEYS_DESC = ("roomcast_gateway_jwks_keys: signing keys held from the JWK Set, per pod. 0 without --auth-jwks-url or "
+                  "--auth-jwks-file; with either, 0 means the pod has not loaded the set yet and refuses every token "
+                  "(token_invalid). Pods should agree; one behind the others holds an older set.")
 
 
 # --------------------------------------------------------------------------- overview
@@ -389,6 +420,10 @@ def overview() -> dict:
                       (quantile(0.99, "roomcast_gateway_send_duration_seconds", "protocol"), "{{protocol}} p99")], unit="s"))
     b.add(timeseries("Bad frames by kind (incl. limit refusals)", BAD_FRAMES_DESC,
                      [(srate("roomcast_gateway_bad_frames_total", "kind"), "{{kind}}")], unit="reqps", stack=True), w=12)
+    b.add(timeseries("Rate limited by scope", RATE_LIMITED_DESC,
+                     [(srate("roomcast_gateway_rate_limited_total", "scope"), "{{scope}}")], unit="reqps", stack=True), w=12)
+    b.add(timeseries("Sends unchecked (budgets failing open)", FAIL_OPEN_DESC,
+                     [(srate("roomcast_gateway_budget_fail_open_total", "reason"), "{{reason}}")], unit="reqps"), w=12)
     b.add(timeseries("Refused connections by reason", REFUSED_DESC,
                      [(srate("roomcast_gateway_refused_connections_total", "reason"), "{{reason}}")], unit="reqps", stack=True), w=12)
 
@@ -446,7 +481,7 @@ def gateway() -> dict:
                      [(f"sum by (protocol) ({sel('roomcast_gateway_connections')})", "{{protocol}}")], stack=True))
     b.add(timeseries("Connects by protocol", "New connections per second.",
                      [(srate("roomcast_gateway_connects_total", "protocol"), "{{protocol}}")], unit="reqps"))
-    b.add(timeseries("Disconnects by reason", "All protocols: client_close, error, slow_consumer, drain, protocol_error, silent (no frame or pong for too long).",
+    b.add(timeseries("Disconnects by reason", DISCONNECTS_DESC,
                      [(srate("roomcast_gateway_disconnects_total", "reason"), "{{reason}}")], unit="reqps", stack=True))
     b.add(timeseries("Refused connections by reason", REFUSED_DESC,
                      [(srate("roomcast_gateway_refused_connections_total", "reason"), "{{reason}}")], unit="reqps", stack=True))
@@ -484,6 +519,10 @@ def gateway() -> dict:
                       (quantile(0.99, "roomcast_gateway_send_duration_seconds", "protocol"), "{{protocol}} p99")], unit="s"), w=12)
     b.add(timeseries("Bad frames by kind (incl. limit refusals)", BAD_FRAMES_DESC,
                      [(srate("roomcast_gateway_bad_frames_total", "kind"), "{{kind}}")], unit="reqps", stack=True), w=12)
+    b.add(timeseries("Rate limited by scope", RATE_LIMITED_DESC,
+                     [(srate("roomcast_gateway_rate_limited_total", "scope"), "{{scope}}")], unit="reqps", stack=True), w=12)
+    b.add(timeseries("Sends unchecked (budgets failing open)", FAIL_OPEN_DESC,
+                     [(srate("roomcast_gateway_budget_fail_open_total", "reason"), "{{reason}}")], unit="reqps"), w=12)
 
     b.row("Delivery")
     b.add(timeseries("Deliveries to clients", "Messages written to client connections per second, per pod.",
@@ -519,6 +558,23 @@ def gateway() -> dict:
     b.add(timeseries("Presence broker failures by op", PRESENCE_FAILURES_DESC,
                      [(srate("roomcast_gateway_presence_refresh_failures_total", "op"), "{{op}}")], unit="reqps", stack=True), w=12)
 
+    b.row("Server API")
+    b.add(timeseries("API requests by route and status", API_REQUESTS_DESC,
+                     [(srate("roomcast_gateway_api_requests_total", "method, route, status"), "{{method}} {{route}} {{status}}")],
+                     unit="reqps", stack=True))
+    b.add(timeseries("API latency p99 by route", API_DURATION_DESC,
+                     [(quantile(0.99, "roomcast_gateway_api_request_duration_seconds", "method, route"), "{{method}} {{route}} p99")],
+                     unit="s"))
+    b.add(timeseries("Refused API keys (401)", API_REFUSED_DESC,
+                     [(srate("roomcast_gateway_api_requests_total", "route", 'status="401"'), "{{route}}")], unit="reqps", stack=True))
+
+    b.row("Client token keys (JWKS)")
+    b.add(timeseries("JWKS loads by result and trigger", JWKS_LOADS_DESC,
+                     [(f"sum by (result, trigger) (increase({sel('roomcast_gateway_jwks_refreshes_total')}[{RI}]))",
+                       "{{result}} {{trigger}}")]), w=12)
+    b.add(timeseries("Keys held", JWKS_KEYS_DESC,
+                     [(f"max by (pod) ({sel('roomcast_gateway_jwks_keys')})", "{{pod}}")]), w=12)
+
     b.row("Upstream gRPC (fanout, persister)")
     b.add(timeseries("Calls by upstream and method", "gRPC calls per second (from the latency histogram's count).",
                      [(srate("roomcast_gateway_upstream_request_duration_seconds_count", "upstream, method"), "{{upstream}} {{method}}")], unit="reqps"))
@@ -530,7 +586,7 @@ def gateway() -> dict:
     process_row(b)
     build_info_stat(b, w=24)
     return dashboard("roomcast-gateway", "roomcast / Gateway",
-                     "WebSocket/Socket.IO/WebTransport gateways: connections, the WebTransport (QUIC) front door, frames, delivery latency, backpressure, presence, typing and the room directory, gRPC upstreams.",
+                     "WebSocket/Socket.IO/WebTransport gateways: connections, the WebTransport (QUIC) front door, frames, delivery latency, backpressure, presence, typing and the room directory, the server API, client token keys (JWKS), gRPC upstreams.",
                      b, "roomcast_gateway_ready")
 
 

@@ -1,7 +1,7 @@
 //! Dashboards and alerts proved against the real thing: the distributed stack on
-//! loopback, traffic that includes bad frames and failed writes, and a real Prometheus
-//! scraping every service each second (`scripts/prom-live-check.sh`). Every dashboard
-//! query and alert expression must return at least one series.
+//! loopback, traffic that includes bad frames, failed writes and server API calls, and a
+//! real Prometheus scraping every service each second (`scripts/prom-live-check.sh`).
+//! Every dashboard query and alert expression must return at least one series.
 
 mod support;
 
@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{http_get, Client, Stack};
+use support::{api, api_call, http_get, Client, Stack};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,6 +39,17 @@ async fn every_dashboard_query_and_alert_has_data_from_a_live_stack() {
     c.close().await;
     a.send(room, "hello 0", "a0").await;
     a.wait_for(|f| f["type"] == "ack" && f["client_id"] == "a0").await;
+
+    // The server API: a post, a history read and a refused key, for its panels' series
+    // (they exist only after a request).
+    let path = format!("/api/rooms/{room}/messages");
+    let post = json!({"user": "bot", "text": "hi", "idempotency_key": "obs-1"});
+    let (status, stored) = api(stack.api_ports[0], "POST", &path, Some(post));
+    assert_eq!(status, 200, "API post: {stored}");
+    let (status, page) = api(stack.api_ports[0], "GET", &path, None);
+    assert_eq!(status, 200, "API history: {page}");
+    let (status, refused) = api_call(stack.api_ports[0], "GET", &path, Some("wrong-key-0123456789abcdefghij"), None);
+    assert_eq!(status, 401, "a wrong API key: {refused}");
 
     // A failed write: the MongoDB-wire server goes away; the persister retries, then fails.
     stack.mongo.proc.kill();
