@@ -198,6 +198,14 @@ impl Admission {
         Ok(Admitted { user, rooms, authenticated, expires_at, slot })
     }
 
+    /// What a connect must wait for before [`Admission::admit`]: a JWK Set loaded again
+    /// for a token whose key is new.
+    pub async fn prepare(&self, token: Option<&str>) {
+        if let (Some(auth), Some(token)) = (&self.access.auth, token.filter(|t| !t.is_empty())) {
+            auth.prepare(token).await;
+        }
+    }
+
     /// Checks a token, at connect or when a connection refreshes its own.
     pub fn verify(&self, token: &str) -> Result<Identity, ConnectError> {
         let Some(auth) = &self.access.auth else {

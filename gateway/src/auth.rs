@@ -132,6 +132,14 @@ impl Auth {
         self
     }
 
+    /// Before [`Auth::verify`] at connect: a token naming a kid the JWK Set does not hold
+    /// yet waits for the set to be loaded again (see [`Jwks::learn`]).
+    pub async fn prepare(&self, token: &str) {
+        if let (Keys::Set(set), Ok(RawHeader { kid: Some(kid), .. })) = (&self.keys, header(token)) {
+            set.learn(&kid).await;
+        }
+    }
+
     pub fn verify(&self, token: &str) -> Result<Identity, ConnectError> {
         let header = header(token)?;
         let decoded = match &self.keys {

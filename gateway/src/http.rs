@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures::FutureExt as _;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{body::Incoming, Method, Request, Response, StatusCode};
@@ -43,10 +44,10 @@ struct OwnClose(Arc<AtomicBool>);
 impl hyper::service::Service<Request<Incoming>> for Router {
     type Response = Reply;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Reply, Infallible>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Reply, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        std::future::ready(Ok(route(self.hub.clone(), req)))
+        Box::pin(route(self.hub.clone(), req).map(Ok))
     }
 }
 
@@ -130,7 +131,7 @@ fn detach_head<B>(req: &mut Request<B>) {
     }
 }
 
-fn route(hub: Arc<Hub>, req: Request<Incoming>) -> Reply {
+async fn route(hub: Arc<Hub>, req: Request<Incoming>) -> Reply {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
@@ -138,7 +139,7 @@ fn route(hub: Arc<Hub>, req: Request<Incoming>) -> Reply {
             None => respond(StatusCode::OK, "text/plain", "ready\n"),
             Some(why) => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n")),
         },
-        (&Method::GET, "/ws") => upgrade(hub, req),
+        (&Method::GET, "/ws") => upgrade(hub, req).await,
         (&Method::GET, "/wt/cert-hash") => match hub.webtransport.get().map(serde_json::to_string) {
             Some(Ok(offered)) => {
                 let mut reply = respond(StatusCode::OK, "application/json", offered);
@@ -213,8 +214,9 @@ fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) ->
         .any(|v| v.trim().eq_ignore_ascii_case(token))
 }
 
-fn upgrade(hub: Arc<Hub>, req: Request<Incoming>) -> Reply {
+async fn upgrade(hub: Arc<Hub>, req: Request<Incoming>) -> Reply {
     let (user, token) = credentials(req.uri().query().unwrap_or_default());
+    hub.admission.prepare(token.as_deref()).await;
     let offer = Offer {
         ip: req.extensions().get::<PeerAddr>().map(|p| p.0.ip()),
         origin: req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()),

@@ -76,6 +76,8 @@ pub struct Jwks {
     last_ok: Mutex<Option<SystemTime>>,
     /// Set by a token with an unknown kid, taken by [`Jwks::keep_fresh`].
     wanted: tokio::sync::Notify,
+    /// Woken after every load [`Jwks::keep_fresh`] makes, good or not.
+    loaded: tokio::sync::Notify,
     last_wanted: Mutex<Option<Instant>>,
     /// `--auth-jwks-file` as last seen.
     stamp: Mutex<Stamp>,
@@ -130,6 +132,7 @@ impl Jwks {
             text: Mutex::default(),
             last_ok: Mutex::default(),
             wanted: tokio::sync::Notify::new(),
+            loaded: tokio::sync::Notify::new(),
             last_wanted: Mutex::default(),
             stamp: Mutex::default(),
         }
@@ -152,6 +155,22 @@ impl Jwks {
         true
     }
 
+    /// For a token that names `kid`, before it is verified: when the kid is not held and
+    /// a load may be asked for now, asks for one and waits for it (at most the fetch's
+    /// timeout), so that a token signed with a key its issuer just published is verified
+    /// at its first try.
+    pub async fn learn(&self, kid: &str) {
+        if self.keys().contains_key(kid) {
+            return;
+        }
+        let loaded = self.loaded.notified();
+        tokio::pin!(loaded);
+        loaded.as_mut().enable();
+        if self.want_refresh() {
+            let _ = tokio::time::timeout(FETCH_TIMEOUT + Duration::from_secs(1), loaded).await;
+        }
+    }
+
     /// Keeps the keys fresh, for as long as it runs (the gateway's life). A URL is fetched
     /// at once, then every --auth-jwks-refresh-seconds and when asked; a file is read
     /// again when its modification time or length changes, checked every 5 s and when asked.
@@ -165,6 +184,7 @@ impl Jwks {
                         () = self.wanted.notified() => "unknown_kid",
                     };
                     self.refresh(url, client, trigger).await;
+                    self.loaded.notify_waiters();
                 }
             }
             Source::File(path) => loop {
@@ -173,6 +193,7 @@ impl Jwks {
                     () = self.wanted.notified() => {}
                 }
                 self.reread(path).await;
+                self.loaded.notify_waiters();
             },
         }
     }

@@ -65,7 +65,7 @@ pub fn install(io: &SocketIo, hub: Arc<Hub>) {
     // A refused connection gets a connect_error carrying the refusal's code and message.
     let map = directory.clone();
     let register = async move |socket: SocketRef, Data(auth): Data<Value>| -> Result<(), String> {
-        let admitted = admit(&socket, &auth, &hub).map_err(|err| format!("{}: {err}", err.code()))?;
+        let admitted = admit(&socket, &auth, &hub).await.map_err(|err| format!("{}: {err}", err.code()))?;
         on_connect(socket, Conn::open(hub.clone(), PROTOCOL, admitted), map.clone());
         Ok(())
     };
@@ -84,11 +84,12 @@ pub fn install(io: &SocketIo, hub: Arc<Hub>) {
 
 /// The token comes in the auth payload (`{token}`) or the query (`?token=`), the user
 /// name likewise.
-fn admit(socket: &SocketRef, auth: &Value, hub: &Hub) -> Result<Admitted, ConnectError> {
-    let parts = socket.req_parts();
+async fn admit(socket: &SocketRef, auth: &Value, hub: &Hub) -> Result<Admitted, ConnectError> {
     let field =
         |name: &str| auth.get(name).and_then(Value::as_str).map(str::to_owned).or_else(|| query_param(socket, name));
     let (token, user) = (field("token"), field("user"));
+    hub.admission.prepare(token.as_deref()).await;
+    let parts = socket.req_parts();
     hub.admission.admit(Offer {
         ip: parts.extensions.get::<PeerAddr>().map(|p| p.0.ip()),
         origin: parts.headers.get(hyper::header::ORIGIN).and_then(|o| o.to_str().ok()),

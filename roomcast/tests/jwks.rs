@@ -133,17 +133,9 @@ async fn a_jwks_url_follows_a_key_rotation_and_outlives_its_server() {
     connects(port, &a, "ada").await.expect("a token of the key served");
 
     // A rotation: b is published beside a. The first b token names a kid the server does not
-    // hold: it is refused, and the set is fetched again at once, for the next try.
+    // hold: the set is fetched again at once, and the token verified with it, at its first try.
     lock(&served).body = set(&[&a, &b]);
-    let refused = connects(port, &b, "bo").await.expect_err("kid b is not held yet");
-    assert!(refused.starts_with("401 token_invalid"), "{refused}");
-    let asked = "kid \"b\" is not among this server's 1 keys (a refresh of the JWKS was asked for)";
-    assert!(refused.contains(asked), "{refused}");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while let Err(refused) = connects(port, &b, "bo").await {
-        assert!(Instant::now() < deadline, "kid b still refused 3 s after the rotation: {refused}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    connects(port, &b, "bo").await.expect("kid b, verified at its first try");
     assert_eq!(refreshes(metrics, "ok", "unknown_kid"), 1.0);
     connects(port, &a, "ada").await.expect("kid a, still published");
     assert_eq!((gets(), metric(metrics, "roomcast_gateway_jwks_keys")), (2, 2.0), "fetched at start and for kid b");

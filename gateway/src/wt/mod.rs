@@ -197,6 +197,7 @@ async fn admit(hub: &Hub, incoming: IncomingSession) -> Option<(Connection, Admi
         return None;
     }
     let (user, token) = credentials(query);
+    hub.admission.prepare(token.as_deref()).await;
     let offer = Offer {
         ip: Some(request.remote_address().ip()),
         origin: request.origin(),
