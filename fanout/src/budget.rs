@@ -1,7 +1,8 @@
 //! Shared send budgets (per user, per room) as GCRA, the generic cell rate algorithm: a
 //! budget is one number per key, the theoretical arrival time (TAT) of the next send. A
 //! send at `now` may go when `TAT - burst × interval <= now`, and moves the TAT one
-//! interval on. The embedded broker runs [`take`]; Redis runs [`TAKE_SCRIPT`], the same
+//! interval on; a TAT beyond `now + tolerance` (the clock stepped back) counts as that,
+//! so a clock step cannot freeze a budget. The embedded broker runs [`take`]; Redis runs [`TAKE_SCRIPT`], the same
 //! arithmetic on Redis's clock, so every gateway spends from one budget.
 
 use roomcast_proto::Budget;
@@ -15,6 +16,7 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
+if tat > now + tolerance then tat = now + tolerance end
 local allowed_at = tat + interval - tolerance
 if allowed_at > now then return allowed_at - now end
 redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil((tat + interval - now) / 1000) + 1)
@@ -30,12 +32,12 @@ pub fn gcra(budget: Option<&Budget>) -> Option<(u64, u64)> {
 /// [`TAKE_SCRIPT`] in memory: `tat` is the key's state (0 for none), `now` in
 /// microseconds. Answers Ok(new TAT) when the send may go, Err(µs to wait) when not.
 pub fn take(tat: u64, now: u64, (interval, tolerance): (u64, u64)) -> Result<u64, u64> {
-    let tat = tat.max(now);
-    let allowed_at = (tat + interval).saturating_sub(tolerance);
+    let tat = tat.clamp(now, now.saturating_add(tolerance));
+    let allowed_at = tat.saturating_add(interval).saturating_sub(tolerance);
     if allowed_at > now {
         return Err(allowed_at - now);
     }
-    Ok(tat + interval)
+    Ok(tat.saturating_add(interval))
 }
 
 #[cfg(test)]
@@ -56,6 +58,7 @@ mod tests {
         tat = take(tat, now + 100_000, budget).expect("one interval later");
         assert!(take(tat, now + 100_000, budget).is_err());
         assert!(take(tat, now + 10_000_000, budget).is_ok(), "an idle budget fills up again");
+        assert_eq!(take(tat, now - 60_000_000, budget), Err(100_000), "a clock a minute back waits one interval");
     }
 
     #[test]

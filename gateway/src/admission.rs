@@ -37,7 +37,9 @@ pub fn credentials(query: &str) -> (Option<String>, Option<String>) {
 
 /// Unix milliseconds as an RFC 3339 time, for messages.
 pub fn rfc3339(unix_millis: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(unix_millis).unwrap_or(0));
+    // Clamped below the year 10000, which RFC 3339 cannot write.
+    let millis = u64::try_from(unix_millis).unwrap_or(0).min(253_402_300_799_000);
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis);
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
@@ -139,14 +141,17 @@ impl Admission {
             bans.into_iter().map(|ban| (ban.user.clone(), ban)).collect();
     }
 
-    fn check_ban(&self, user: &str) -> Result<(), ConnectError> {
+    /// The ban in force for `user`, if any.
+    pub fn ban_of(&self, user: &str) -> Option<UserBan> {
         let bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
-        match bans.get(user).filter(|ban| ban.until > now_millis()) {
-            Some(ban) => Err(ConnectError::Banned {
-                user: user.to_owned(),
-                until: rfc3339(ban.until),
-                reason: ban.reason.clone(),
-            }),
+        bans.get(user).filter(|ban| ban.until > now_millis()).cloned()
+    }
+
+    fn check_ban(&self, user: &str) -> Result<(), ConnectError> {
+        match self.ban_of(user) {
+            Some(ban) => {
+                Err(ConnectError::Banned { user: user.to_owned(), until: rfc3339(ban.until), reason: ban.reason })
+            }
             None => Ok(()),
         }
     }

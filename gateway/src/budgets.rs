@@ -19,6 +19,8 @@ use tokio::time::Instant;
 use crate::error::ClientError;
 use crate::limits::Limits;
 
+/// How long a budget check may take before the broker counts as failing.
+const SPEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// The log line of a failing broker is written at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -59,7 +61,10 @@ impl Budgets {
             user_budget: self.user,
             room_budget: self.room,
         };
-        self.judge(room, broker.spend(&request).await)
+        // Its own short limit, inside the send's deadline: a slow answer is a failing broker.
+        let answer =
+            tokio::time::timeout(SPEND_TIMEOUT, broker.spend(&request)).await.unwrap_or(Err(BrokerError::Timeout));
+        self.judge(room, answer)
     }
 
     /// What the broker's answer means for the send.

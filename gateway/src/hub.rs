@@ -162,6 +162,12 @@ impl Hub {
     pub fn register(&self, user: &str, member: MemberId) -> Arc<Kick> {
         let kick = Arc::new(Kick::default());
         self.kicks().entry(user.to_owned()).or_default().insert(member, kick.clone());
+        // A ban that came between this connection's admission and now: `remove_user` keeps
+        // the ban before it reads the registrations, this reads the bans after registering,
+        // so one of the two always sees the other.
+        if let Some(ban) = self.admission.ban_of(user) {
+            kick.fire(&ban);
+        }
         kick
     }
 
@@ -224,13 +230,14 @@ impl Hub {
     pub async fn client_send(
         &self,
         received: tokio::time::Instant,
+        budget: &str,
         user: &str,
         room: &str,
         text: &str,
         client_id: &str,
     ) -> Result<ChatMessage, ClientError> {
         let send = async {
-            self.budgets.spend(self.broker.as_ref(), user, room).await?;
+            self.budgets.spend(self.broker.as_ref(), budget, room).await?;
             self.try_send(user, room, text, client_id).await
         };
         tokio::time::timeout_at(received + SEND_DEADLINE, send).await.unwrap_or(Err(ClientError::Timeout))

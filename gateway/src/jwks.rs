@@ -117,7 +117,9 @@ impl Jwks {
                  their keys; use https:// outside a trusted network"
             );
         }
+        // No redirects: one could take an https:// URL to plain HTTP.
         let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(FETCH_TIMEOUT)
             .user_agent(concat!("roomcast-gateway/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -39,17 +39,7 @@ pub async fn keep_link(hub: Arc<Hub>, mut interests: mpsc::UnboundedReceiver<Int
         for room in rooms.names().into_iter().chain([CONTROL.to_owned()]) {
             let _ = link.interests.send(Interest { room, subscribe: true }).await;
         }
-        // Bans made while the link was down came as signals nobody here heard: their users'
-        // connections here are closed now.
-        match broker.bans().await {
-            Ok(bans) => {
-                hub.admission.replace_bans(bans.clone());
-                for ban in &bans {
-                    hub.remove_user(ban);
-                }
-            }
-            Err(err) => tracing::warn!(%err, "cannot read the bans in force; keeping those known"),
-        }
+        sync_bans(&hub).await;
         ready.set(STARTING, false);
         metrics::gauge!("roomcast_gateway_broker_up").set(1.0);
         delays = backoff::reconnect().build();
@@ -64,8 +54,12 @@ pub async fn keep_link(hub: Arc<Hub>, mut interests: mpsc::UnboundedReceiver<Int
                 }
                 event = link.events.recv() => match event.map(|e| e.kind) {
                     Some(Some(Kind::Message(msg))) => rooms.deliver(msg),
+                    Some(Some(Kind::Subscribed(room))) if room == CONTROL => sync_bans(&hub).await,
                     Some(Some(Kind::Subscribed(room))) => rooms.catch_up(Some(&room)),
-                    Some(Some(Kind::Resync(_))) => rooms.catch_up(None),
+                    Some(Some(Kind::Resync(_))) => {
+                        rooms.catch_up(None);
+                        sync_bans(&hub).await;
+                    }
                     Some(Some(Kind::Signal(RoomSignal { kind: Some(room_signal::Kind::Kick(ban)), .. }))) => {
                         hub.remove_user(&ban);
                     }
@@ -80,5 +74,20 @@ pub async fn keep_link(hub: Arc<Hub>, mut interests: mpsc::UnboundedReceiver<Int
         metrics::counter!("roomcast_gateway_upstream_errors_total", "upstream" => "fanout", "method" => "subscribe")
             .increment(1);
         tracing::warn!("broker link lost; reconnecting");
+    }
+}
+
+/// Reads the bans in force from the broker, and closes their users' connections here: the
+/// kicks made while this link, or the broker's own subscription, was down came as signals
+/// nobody here heard.
+async fn sync_bans(hub: &Hub) {
+    match hub.broker.bans().await {
+        Ok(bans) => {
+            hub.admission.replace_bans(bans.clone());
+            for ban in &bans {
+                hub.remove_user(ban);
+            }
+        }
+        Err(err) => tracing::warn!(%err, "cannot read the bans in force; keeping those known"),
     }
 }

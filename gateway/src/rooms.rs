@@ -268,18 +268,18 @@ impl Tail {
         tail
     }
 
-    /// Replaces message `seq` with its removed tombstone; answers the tombstone if the
-    /// tail held the message (it was delivered here).
-    fn remove(&mut self, seq: u64) -> Option<Arc<ChatMessage>> {
-        let first = self.messages.front()?.seq;
-        let slot = self.messages.get_mut(usize::try_from(seq.checked_sub(first)?).ok()?)?;
-        if slot.tombstone {
-            return None;
+    /// Replaces message `seq`, if the tail holds it, with its removed tombstone.
+    fn remove(&mut self, seq: u64) {
+        let Some(first) = self.messages.front().map(|m| m.seq) else { return };
+        let Some(slot) = seq.checked_sub(first).and_then(|i| self.messages.get_mut(usize::try_from(i).ok()?)) else {
+            return;
+        };
+        if slot.seq != seq || slot.tombstone {
+            return;
         }
         let tombstone = Arc::new(removed(slot));
         self.bytes = self.bytes - wire_size(slot) + wire_size(&tombstone);
-        *slot = tombstone.clone();
-        Some(tombstone)
+        *slot = tombstone;
     }
 
     /// Appends the message that follows the last one.
@@ -358,6 +358,8 @@ struct RoomTask {
     /// The room's first read is running.
     room_loading: bool,
     tail: Tail,
+    /// The room's subscription was confirmed before: a later confirmation follows an outage.
+    was_live: bool,
     /// Seqs removed by moderation lately: a delivery or a history read that predates the
     /// removal is shown as removed (bounded by [`REMEMBERED_DELETIONS`]).
     deleted: BTreeMap<u64, ()>,
@@ -388,6 +390,7 @@ impl RoomTask {
             catch_up_wanted: false,
             room_loading: false,
             tail: Tail::default(),
+            was_live: false,
             deleted: BTreeMap::new(),
         }
     }
@@ -437,7 +440,12 @@ impl RoomTask {
                 }
             },
             Command::CatchUp => {
-                // The subscription is (again) live: what the broker holds is current.
+                // The subscription is (again) live: what the broker holds is current. Once it
+                // was down, a removal signalled meanwhile is in the store only: joins read
+                // the store until the tail fills again.
+                if std::mem::replace(&mut self.was_live, true) {
+                    self.tail = Tail::default();
+                }
                 self.load_presence();
                 match self.cursor {
                     None => self.catch_up_wanted = true,
@@ -449,7 +457,7 @@ impl RoomTask {
                 self.check_gap();
             }
             Command::Signal(RoomSignal { kind: Some(room_signal::Kind::Deleted(deleted)), .. }) => {
-                self.remove(deleted.seq);
+                self.remove(deleted.seq, &deleted.id);
             }
             // This gateway's own presence and typing come back through the broker: known.
             Command::Signal(signal) if signal.gateway == self.presence.gateway() => {}
@@ -774,29 +782,39 @@ impl RoomTask {
         }
     }
 
-    /// Moderation removed message `seq`: whatever holds it here (the tail, the pending
-    /// deliveries, what loading members wait for) holds its tombstone from now on, and the
-    /// members that were sent it are told (`deleted`).
-    fn remove(&mut self, seq: u64) {
-        self.deleted.insert(seq, ());
+    /// Moderation removed message `seq` (`id`): whatever holds it here (the tail, the
+    /// pending deliveries, what loading members wait for) holds its tombstone from now on,
+    /// and the members that were sent it are told (`deleted`), once.
+    fn remove(&mut self, seq: u64, id: &str) {
+        if self.deleted.insert(seq, ()).is_some() {
+            return;
+        }
         while self.deleted.len() > REMEMBERED_DELETIONS {
             self.deleted.pop_first();
         }
         if let Some(msg) = self.pending.remove(&seq) {
             self.pending.insert(seq, self.as_removed(msg));
         }
-        let shown = self.tail.remove(seq);
+        self.tail.remove(seq);
         for member in self.members.values_mut() {
             for held in member.held.iter_mut().filter(|m| m.seq == seq && !m.tombstone) {
                 *held = Arc::new(removed(held));
             }
         }
-        let Some(msg) = shown else {
-            return;
+        if self.cursor.is_none_or(|cursor| seq > cursor) {
+            return; // not delivered here yet: it will be, as its tombstone
+        }
+        let tombstone = ChatMessage {
+            room: self.room.clone(),
+            seq,
+            id: id.to_owned(),
+            tombstone: true,
+            deleted: true,
+            ..Default::default()
         };
-        let frame = Utf8Bytes::from(ServerFrame::Deleted { room: &self.room, seq, id: &msg.id }.to_json());
+        let frame = Utf8Bytes::from(ServerFrame::Deleted { room: &self.room, seq, id }.to_json());
         for member in self.members.values().filter(|m| m.last.is_some_and(|last| last >= seq)) {
-            member.sink.deleted(&msg, &frame);
+            member.sink.deleted(&tombstone, &frame);
         }
     }
 

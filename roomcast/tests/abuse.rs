@@ -113,8 +113,11 @@ async fn flood(base: String, who: usize) -> (usize, usize, usize) {
 async fn ten_thousand_bad_frames_leave_the_gateway_flat_and_others_served() {
     let dir = tempfile::tempdir().expect("tempdir");
     // The rate limit is lifted so that every frame reaches the decoder.
-    let (proc, port, metrics) =
-        start_roomcast("flood", dir.path(), &["--frames-per-second", "1000000", "--frame-burst", "1000000"]);
+    let (proc, port, metrics) = start_roomcast(
+        "flood",
+        dir.path(),
+        &["--frames-per-second", "1000000", "--frame-burst", "1000000", "--user-sends-per-second", "0"],
+    );
     let base = format!("ws://127.0.0.1:{port}");
     let mut ann = Client::connect(&base, "ann").await;
     let mut ben = Client::connect(&base, "ben").await;
@@ -226,7 +229,16 @@ async fn a_stalled_reader_is_cut_off_and_the_room_keeps_its_pace() {
     let (_proc, port, metrics) = start_roomcast(
         "slow-consumer",
         dir.path(),
-        &["--send-queue-bytes", "262144", "--frames-per-second", "10000", "--frame-burst", "10000"],
+        &[
+            "--send-queue-bytes",
+            "262144",
+            "--frames-per-second",
+            "10000",
+            "--frame-burst",
+            "10000",
+            "--user-sends-per-second",
+            "0",
+        ],
     );
     let base = format!("ws://127.0.0.1:{port}");
     let mut readers = Vec::new();

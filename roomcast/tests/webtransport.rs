@@ -56,7 +56,16 @@ async fn webtransport_and_websocket_share_a_room_across_gateways_and_recover_wit
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webtransport_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let flags = ["--send-queue-bytes", "65536", "--frames-per-second", "2000", "--frame-burst", "2000"];
+    let flags = [
+        "--send-queue-bytes",
+        "65536",
+        "--frames-per-second",
+        "2000",
+        "--frame-burst",
+        "2000",
+        "--user-sends-per-second",
+        "0",
+    ];
     let (_proc, port, metrics) = start_roomcast("wt-slow", dir.path(), &flags);
     let base = format!("ws://127.0.0.1:{port}");
     let mut stalled = Client::connect_query(&format!("https://127.0.0.1:{port}"), "stalled", "user=stalled")

@@ -21,6 +21,8 @@ struct KeyFile {
     path: PathBuf,
     /// The keys read, and the file's modification time when they were.
     loaded: Mutex<(Option<SystemTime>, Vec<String>)>,
+    /// When the file was last looked at: at most once a second.
+    checked: Mutex<Option<std::time::Instant>>,
 }
 
 impl ApiKeys {
@@ -38,7 +40,7 @@ impl ApiKeys {
             Some(path) => {
                 let (modified, keys) = read(&path)?;
                 anyhow::ensure!(!keys.is_empty(), "--api-key-file {} holds no key", path.display());
-                Some(KeyFile { path, loaded: Mutex::new((modified, keys)) })
+                Some(KeyFile { path, loaded: Mutex::new((modified, keys)), checked: Mutex::default() })
             }
             None => None,
         };
@@ -60,6 +62,13 @@ impl KeyFile {
     /// keys last read (a rotation in progress must not lock the backend out).
     fn current(&self) -> Vec<String> {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+            if checked.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1)) {
+                return loaded.1.clone();
+            }
+            *checked = Some(std::time::Instant::now());
+        }
         let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
         if modified.is_some() && modified != loaded.0 {
             match read(&self.path) {
@@ -116,11 +125,13 @@ mod tests {
         let keys = ApiKeys::new(None, Some(path.clone())).expect("keys");
         assert!(keys.allows(OLD) && !keys.allows(NEW) && !keys.allows(""));
         std::fs::write(&path, format!("{OLD}\n{NEW}\n")).expect("write");
+        std::thread::sleep(std::time::Duration::from_millis(1100)); // looked at once a second
         // A later modification time (some filesystems keep whole seconds).
         let later = SystemTime::now() + std::time::Duration::from_secs(2);
         std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(later)).expect("touch");
         assert!(keys.allows(OLD) && keys.allows(NEW), "both during the rotation");
         std::fs::write(&path, "").expect("empty");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         let later = later + std::time::Duration::from_secs(2);
         std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(later)).expect("touch");
         assert!(keys.allows(NEW), "an emptied file keeps the last keys");

@@ -4,6 +4,7 @@
 //! send's. The OpenAPI document is generated from these functions.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -15,16 +16,13 @@ use roomcast_proto::{now_millis, room_signal, ChatMessage, Deleted, RoomSignal, 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::ApiError;
+use super::{ApiError, CLIENT_ID_PREFIX};
 use crate::admission::rfc3339;
 use crate::error::{ClientError, Malformed};
 use crate::hub::{broker_failed, store_failed, Hub};
 
 /// Longest ban the API takes: ten years.
 const MAX_BAN_SECONDS: u64 = 10 * 365 * 86_400;
-/// Before an idempotency key in its client id: an API key never collides with a
-/// browser's client_id.
-const API_PREFIX: &str = "api:";
 /// Longest disconnect reason, in characters.
 const MAX_REASON_CHARS: usize = 200;
 
@@ -94,7 +92,7 @@ pub async fn post_message(
     hub.limits.check_user(&body.user)?;
     hub.limits.check_text(&body.text)?;
     // Its own namespace: an API key never collides with a browser's client_id.
-    let max = hub.limits.max_client_id_bytes - API_PREFIX.len();
+    let max = hub.limits.max_client_id_bytes - CLIENT_ID_PREFIX.len();
     let key = match body.idempotency_key {
         Some(key) if key.is_empty() || key.len() > max => {
             let message = format!("idempotency_key must be 1 to {max} bytes");
@@ -103,8 +101,13 @@ pub async fn post_message(
         Some(key) => key,
         None => ulid::Ulid::new().to_string(),
     };
-    let client_id = format!("{API_PREFIX}{key}");
-    let stored = hub.send(tokio::time::Instant::now(), &body.user, &room, &body.text, &client_id).await?;
+    let client_id = format!("{CLIENT_ID_PREFIX}{key}");
+    let received = tokio::time::Instant::now();
+    let stored =
+        finish(
+            async move { hub.send(received, &body.user, &room, &body.text, &client_id).await.map_err(ApiError::from) },
+        )
+        .await?;
     Ok(Json(Message::from(&stored)))
 }
 
@@ -284,17 +287,18 @@ pub async fn disconnect(
     }
     let until = if ban_seconds > 0 { now_millis() + i64::try_from(ban_seconds * 1000).unwrap_or(i64::MAX) } else { 0 };
     let ban = UserBan { user: user.clone(), reason: reason.to_owned(), until };
-    // The ban is kept before anyone is closed, so that no reconnect slips between.
-    if until > 0 {
-        hub.broker.ban(&ban).await.map_err(broker_failed)?;
-    }
-    let closed_here = hub.remove_user(&ban);
-    let signal = RoomSignal {
-        room: CONTROL.to_owned(),
-        gateway: hub.gateway_id.to_string(),
-        kind: Some(room_signal::Kind::Kick(ban)),
-    };
-    hub.broker.signal(&signal).await.map_err(broker_failed)?;
+    let closed_here = finish(async move {
+        // The ban is kept before anyone is closed, so that no reconnect slips between.
+        if until > 0 {
+            hub.broker.ban(&ban).await.map_err(broker_failed)?;
+        }
+        let closed_here = hub.remove_user(&ban);
+        let gateway = hub.gateway_id.to_string();
+        let signal = RoomSignal { room: CONTROL.to_owned(), gateway, kind: Some(room_signal::Kind::Kick(ban)) };
+        hub.broker.signal(&signal).await.map_err(broker_failed)?;
+        Ok(closed_here)
+    })
+    .await?;
     Ok(Json(Disconnected { user, closed_here, banned_until: (until > 0).then(|| rfc3339(until)) }))
 }
 
@@ -322,21 +326,35 @@ pub async fn delete_message(
 ) -> Result<Json<Removed>, ApiError> {
     let Path((room, seq)) = path?;
     room_name(&hub, &room)?;
-    let Some(tombstone) = hub.archive.delete(&room, seq).await.map_err(store_failed)? else {
-        return Err(ApiError::not_found("message_not_found", format!("room {room} has no message at seq {seq}")));
-    };
-    let deleted = Deleted { seq, id: tombstone.id.clone() };
-    let signal = RoomSignal {
-        room: room.clone(),
-        gateway: hub.gateway_id.to_string(),
-        kind: Some(room_signal::Kind::Deleted(deleted)),
-    };
-    let members_told = match hub.broker.signal(&signal).await {
-        Ok(()) => true,
-        Err(err) => {
-            tracing::warn!(%err, room, seq, "message removed in the store, but its room could not be told live");
-            false
-        }
-    };
+    let (tombstone, members_told) = finish(async move {
+        let Some(tombstone) = hub.archive.delete(&room, seq).await.map_err(store_failed)? else {
+            return Err(ApiError::not_found("message_not_found", format!("room {room} has no message at seq {seq}")));
+        };
+        let deleted = Deleted { seq, id: tombstone.id.clone() };
+        let signal = RoomSignal {
+            room: room.clone(),
+            gateway: hub.gateway_id.to_string(),
+            kind: Some(room_signal::Kind::Deleted(deleted)),
+        };
+        let members_told = match hub.broker.signal(&signal).await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(%err, room, seq, "message removed in the store, but its room could not be told live");
+                false
+            }
+        };
+        Ok((tombstone, members_told))
+    })
+    .await?;
     Ok(Json(Removed { message: Message::from(&tombstone), members_told }))
+}
+
+/// Runs an endpoint's work to its end even when the caller goes away: a send cut off after
+/// its seq, or a ban kept with nobody told, would leave the rooms waiting on a hole.
+async fn finish<T: Send + 'static>(
+    work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|err| Err(ClientError::Unavailable(format!("the request's work failed: {err}")).into()))
 }

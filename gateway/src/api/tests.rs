@@ -132,6 +132,8 @@ async fn post_read_delete_and_remove_a_user_through_the_embedded_tiers() {
     let (sink, mut seen) = crate::conn::tests::probe();
     ada.join("lobby", None, sink).expect("join");
     crate::conn::tests::next(&mut seen).await;
+    let (_, taken) = crate::conn::tests::send(&ada, crate::conn::tests::request("lobby", "x", Some("api:k1"))).await;
+    assert_eq!(taken.err().map(|e| e.code()), Some("bad_request"), "clients cannot use the API's client ids");
     let (status, removed) = fixture.api(Method::DELETE, "/api/rooms/lobby/messages/1", None).await;
     assert_eq!(status, StatusCode::OK, "{removed}");
     assert_eq!((removed["message"]["deleted"].clone(), removed["message"]["text"].clone()), (json!(true), json!("")));

@@ -356,7 +356,12 @@ impl Conn {
         let client_id = request.client_id.unwrap_or_else(|| ulid::Ulid::new().to_string());
         match self.check_send(&client_id, &request.room, &request.text, request.username) {
             Ok(user) => {
-                let job = SendJob::new(request.room, user, request.text, client_id, on_sent);
+                let mut job = SendJob::new(request.room, user, request.text, client_id, on_sent);
+                if !self.authenticated {
+                    // A name nobody vouched for spends from its own budget, never from that
+                    // of a user who signs in under it.
+                    job.budget = format!("~anon:{}", job.user);
+                }
                 self.queue(job);
             }
             Err(err) => {
@@ -486,6 +491,10 @@ impl Conn {
             })?,
         };
         limits.check_user(&user)?;
+        if client_id.starts_with(crate::api::CLIENT_ID_PREFIX) {
+            let message = format!("client ids starting with {} are the server API's", crate::api::CLIENT_ID_PREFIX);
+            return Err(ClientError::bad_request(Malformed::Field, message));
+        }
         Ok(user)
     }
 
@@ -531,11 +540,14 @@ struct SendJob {
     on_sent: OnSent,
     /// A room to enter in the directory before the send (a created room).
     touch: Option<RoomTouch>,
+    /// The user budget the send spends from.
+    budget: String,
 }
 
 impl SendJob {
     fn new(room: String, user: String, text: String, client_id: String, on_sent: OnSent) -> Self {
-        SendJob { received: tokio::time::Instant::now(), room, user, text, client_id, on_sent, touch: None }
+        let budget = user.clone();
+        SendJob { received: tokio::time::Instant::now(), room, user, text, client_id, on_sent, touch: None, budget }
     }
 }
 
@@ -571,13 +583,21 @@ async fn run_sends(hub: Arc<Hub>, mut jobs: mpsc::Receiver<SendJob>, duration: &
         }
         let result = match job.touch {
             Some(_) => hub.send(job.received, &job.user, &job.room, &job.text, &job.client_id).await,
-            None => hub.client_send(job.received, &job.user, &job.room, &job.text, &job.client_id).await,
+            None => hub.client_send(job.received, &job.budget, &job.user, &job.room, &job.text, &job.client_id).await,
         };
         duration.record(job.received.elapsed());
-        let outcome = if result.is_ok() { "acked" } else { "error" };
-        metrics::counter!("roomcast_gateway_messages_sent_total", "result" => outcome).increment(1);
-        if let Err(err) = &result {
-            tracing::warn!(%err, room = %job.room, user = %job.user, client_id = %job.client_id, "send failed");
+        match &result {
+            Ok(_) => metrics::counter!("roomcast_gateway_messages_sent_total", "result" => "acked").increment(1),
+            // A refusal, like the connection's own frame limit: not a failed send, and no
+            // log line per flooded message.
+            Err(err @ ClientError::RateLimited(_)) => {
+                metrics::counter!("roomcast_gateway_bad_frames_total", "kind" => err.kind().unwrap_or("rate_limited"))
+                    .increment(1);
+            }
+            Err(err) => {
+                metrics::counter!("roomcast_gateway_messages_sent_total", "result" => "error").increment(1);
+                tracing::warn!(%err, room = %job.room, user = %job.user, client_id = %job.client_id, "send failed");
+            }
         }
         (job.on_sent)(Sent { client_id: job.client_id, room: job.room, result });
     }

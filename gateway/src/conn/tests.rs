@@ -90,12 +90,12 @@ pub(crate) async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
     tokio::time::timeout(WAIT, seen.recv()).await.expect("a room event in time").expect("the room is open")
 }
 
-fn request(room: &str, text: &str, client_id: Option<&str>) -> SendRequest {
+pub(crate) fn request(room: &str, text: &str, client_id: Option<&str>) -> SendRequest {
     SendRequest { room: room.into(), text: text.into(), client_id: client_id.map(Into::into), username: None }
 }
 
 /// Sends and waits for the answer: the client id it carried, and the result.
-async fn send(conn: &Conn, request: SendRequest) -> (String, Result<ChatMessage, ClientError>) {
+pub(crate) async fn send(conn: &Conn, request: SendRequest) -> (String, Result<ChatMessage, ClientError>) {
     let (tx, rx) = oneshot::channel();
     conn.send(request, Box::new(move |sent| drop(tx.send((sent.client_id, sent.result)))));
     tokio::time::timeout(Duration::from_secs(20), rx).await.expect("answered in time").expect("answered")
