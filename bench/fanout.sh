@@ -11,6 +11,7 @@
 #   ceiling   the minimal tokio-tungstenite broadcast server (one process, no gRPC/Redis/
 #             store): the known answer loadgen is checked against, run first
 #   roomcast  persister + 2 x (fanout + gateway) on one redis-server and one secantusd-py
+#   roomcast-nobudget  (only when named) the same with the user and room send budgets off
 #   roomcast-cluster  (only when named) the same on a 3-primary Redis Cluster (sharded
 #             pub/sub), with each shard's CPU
 #   roomcast1 the one-process `roomcast` binary (in-memory broker, on-disk redb store)
@@ -201,6 +202,15 @@ for system in $SYSTEMS; do
       STEP_METRICS=""
       stop_stack
       ;;
+    roomcast-nobudget)
+      # The same stack with the user and room send budgets off: what a send's budget check
+      # (one more fanout call, one Redis script per budget) costs, side by side.
+      GATEWAY_ARGS="--user-sends-per-second 0 --room-sends-per-second 0" start_roomcast nobudget
+      log "== roomcast-nobudget: as roomcast, without the user and room send budgets"
+      step_system roomcast-nobudget ws 0 "$RATES"
+      STEP_METRICS=""
+      stop_stack
+      ;;
     roomcast-cluster)
       STACK_TAG="cluster-"
       start_redis_cluster cluster-redis
@@ -255,7 +265,7 @@ for system in $SYSTEMS; do
       STEP_METRICS=""
       bg_stop "$RC_PID"
       ;;
-    *) die "unknown system $system (roomcast, roomcast-cluster, peer, ceiling, roomcast1, roomcast1-wt, roomcast-nop99)" ;;
+    *) die "unknown system $system (roomcast, roomcast-nobudget, roomcast-cluster, peer, ceiling, roomcast1, roomcast1-wt, roomcast-nop99)" ;;
   esac
 done
 

@@ -236,6 +236,7 @@ start_persister() {
 # Sets GATEWAY_URLS (comma separated), GATEWAY_PIDS, GATEWAY_PORTS, GATEWAY_METRICS_PORTS,
 # FANOUT_PIDS, FANOUT_METRICS_PORTS, and everything start_redis/mongo/persister set.
 # Skips redis/mongo/persister when they are already running (REDIS_URL/PERSISTER_URL set).
+# GATEWAY_ARGS (words) are added to every gateway's flags.
 start_stack() {
   local n=$1
   local fanout_bin gateway_bin i fport fmetrics gport gmetrics
@@ -258,7 +259,7 @@ start_stack() {
     wait_port "$LAST_PID" "${tag}fanout-$i" "$fport"
     bg_start "${tag}gateway-$i" env RUST_LOG=warn $BENCH_RUST_ENV "$gateway_bin" --listen "127.0.0.1:$gport" \
       --metrics-listen "127.0.0.1:$gmetrics" --fanout "http://127.0.0.1:$fport" \
-      --persister "$PERSISTER_URL" --drain-seconds 1
+      --persister "$PERSISTER_URL" --drain-seconds 1 ${GATEWAY_ARGS:-}
     GATEWAY_PIDS+=("$LAST_PID")
     GATEWAY_PORTS+=("$gport")
     GATEWAY_METRICS_PORTS+=("$gmetrics")

@@ -101,6 +101,21 @@ async fn the_api_posts_in_order_with_clients_reads_lists_and_refuses_bad_calls()
     let wrong = "wrong-key-0123456789abcdefghij";
     let (status, refused) = api_call(api0, "POST", "/api/rooms/lobby/messages", Some(wrong), Some(body));
     assert_eq!((status, refused["code"].as_str()), (401, Some("unauthorized")));
+    for (method, path) in [
+        ("GET", "/api/rooms"),
+        ("GET", "/api/rooms/lobby/messages"),
+        ("GET", "/api/rooms/lobby/presence"),
+        ("DELETE", "/api/rooms/lobby/messages/1"),
+        ("POST", "/api/users/ada/disconnect"),
+    ] {
+        let (status, refused) = api_call(api1, method, path, Some(wrong), Some(r#"{"reason":"x"}"#));
+        assert_eq!((status, refused["code"].as_str()), (401, Some("unauthorized")), "{method} {path}");
+    }
+    let (_, page) = api(api0, "GET", "/api/rooms/lobby/messages?limit=100", None);
+    assert!(
+        page["messages"].as_array().is_some_and(|m| m.iter().all(|m| m.get("deleted").is_none())),
+        "nothing removed"
+    );
     let (status, _) = api_call(api0, "POST", "/api/rooms/lobby/messages", Some(API_KEY), Some("{not json"));
     assert_eq!(status, 400, "a body that is not JSON");
     let (status, _) = api(api0, "POST", "/api/rooms/lobby/messages", Some(json!({"user": "bot"})));

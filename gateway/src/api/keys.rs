@@ -126,7 +126,7 @@ mod tests {
         assert!(keys.allows(OLD) && !keys.allows(NEW) && !keys.allows(""));
         std::fs::write(&path, format!("{OLD}\n{NEW}\n")).expect("write");
         std::thread::sleep(std::time::Duration::from_millis(1100)); // looked at once a second
-        // A later modification time (some filesystems keep whole seconds).
+                                                                    // A later modification time (some filesystems keep whole seconds).
         let later = SystemTime::now() + std::time::Duration::from_secs(2);
         std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(later)).expect("touch");
         assert!(keys.allows(OLD) && keys.allows(NEW), "both during the rotation");
