@@ -35,6 +35,12 @@ const RETRY_CONCURRENCY: usize = 64;
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// Failing subscriptions are reported again after this long.
 const STILL_FAILING: Duration = Duration::from_secs(30);
+/// After subscriptions came back from a loss, every room is subscribed once more this
+/// much later: a failover can still be moving slots and connections when the first
+/// subscribes succeed, and a subscription made then may deliver nothing (seen with a
+/// primary killed: a healthy shard's room went silent on one fanout). Subscribing again
+/// is harmless, and its confirmation makes the gateways catch the room up.
+const SETTLE_AFTER: Duration = Duration::from_secs(5);
 
 pub struct Shared {
     registry: Mutex<Registry>,
@@ -204,6 +210,9 @@ async fn cluster_changes(
     // and when their failing was last reported.
     let mut lost_since: Option<tokio::time::Instant> = None;
     let mut reported = tokio::time::Instant::now();
+    // Once subscriptions are back after a loss, every room is subscribed once more when
+    // the cluster has settled (see SETTLE_AFTER).
+    let mut settle_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -231,6 +240,11 @@ async fn cluster_changes(
                     Lost::Every => failed.extend(shared.registry().rooms()),
                     Lost::Room(room) => { failed.insert(room); }
                 }
+                retry.reset_immediately();
+            }
+            _ = tokio::time::sleep_until(settle_at.unwrap_or_else(tokio::time::Instant::now)), if settle_at.is_some() => {
+                settle_at = None;
+                failed.extend(shared.registry().rooms());
                 retry.reset_immediately();
             }
             _ = ping.tick() => {
@@ -261,6 +275,7 @@ async fn cluster_changes(
                 }
                 if failed.is_empty() {
                     if let Some(since) = lost_since.take() {
+                        settle_at = Some(tokio::time::Instant::now() + SETTLE_AFTER);
                         metrics::counter!("roomcast_fanout_redis_reconnects_total").increment(1);
                         tracing::info!(
                             after = ?since.elapsed(),

@@ -39,7 +39,7 @@ pub async fn keep_link(hub: Arc<Hub>, mut interests: mpsc::UnboundedReceiver<Int
         for room in rooms.names().into_iter().chain([CONTROL.to_owned()]) {
             let _ = link.interests.send(Interest { room, subscribe: true }).await;
         }
-        sync_bans(&hub).await;
+        tokio::spawn(sync_bans(hub.clone()));
         ready.set(STARTING, false);
         metrics::gauge!("roomcast_gateway_broker_up").set(1.0);
         delays = backoff::reconnect().build();
@@ -54,11 +54,13 @@ pub async fn keep_link(hub: Arc<Hub>, mut interests: mpsc::UnboundedReceiver<Int
                 }
                 event = link.events.recv() => match event.map(|e| e.kind) {
                     Some(Some(Kind::Message(msg))) => rooms.deliver(msg),
-                    Some(Some(Kind::Subscribed(room))) if room == CONTROL => sync_bans(&hub).await,
+                    Some(Some(Kind::Subscribed(room))) if room == CONTROL => {
+                        tokio::spawn(sync_bans(hub.clone()));
+                    }
                     Some(Some(Kind::Subscribed(room))) => rooms.catch_up(Some(&room)),
                     Some(Some(Kind::Resync(_))) => {
                         rooms.catch_up(None);
-                        sync_bans(&hub).await;
+                        tokio::spawn(sync_bans(hub.clone()));
                     }
                     Some(Some(Kind::Signal(RoomSignal { kind: Some(room_signal::Kind::Kick(ban)), .. }))) => {
                         hub.remove_user(&ban);
@@ -79,8 +81,9 @@ pub async fn keep_link(hub: Arc<Hub>, mut interests: mpsc::UnboundedReceiver<Int
 
 /// Reads the bans in force from the broker, and closes their users' connections here: the
 /// kicks made while this link, or the broker's own subscription, was down came as signals
-/// nobody here heard.
-async fn sync_bans(hub: &Hub) {
+/// nobody here heard. In its own task: the link goes on delivering while the broker (in a
+/// failover, say) takes its time to answer.
+async fn sync_bans(hub: Arc<Hub>) {
     match hub.broker.bans().await {
         Ok(bans) => {
             hub.admission.replace_bans(bans.clone());
