@@ -142,7 +142,7 @@ impl RedisBroker {
         let (shared, commands) = Shared::new();
         if target.is_cluster() {
             let (subscriber, pushes) = target.cluster_subscriber()?;
-            tokio::spawn(redis_subscriber::cluster(subscriber, pushes, shared.clone(), commands));
+            tokio::spawn(redis_subscriber::cluster(target.clone(), subscriber, pushes, shared.clone(), commands));
         } else {
             tokio::spawn(redis_subscriber::single(target.single()?, shared.clone(), commands));
         }

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
 use crate::redis_keys::Keys;
+use crate::redis_target::RedisTarget;
 use crate::registry::{LinkId, Registry};
 
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -41,6 +42,10 @@ const STILL_FAILING: Duration = Duration::from_secs(30);
 /// primary killed: a healthy shard's room went silent on one fanout). Subscribing again
 /// is harmless, and its confirmation makes the gateways catch the room up.
 const SETTLE_AFTER: Duration = Duration::from_secs(5);
+/// Subscriptions failing this long get a new subscriber connection: the cluster client
+/// can stay wedged after a failover, every subscribe failing for as long as it runs (seen
+/// with a primary killed: 25 s, until the test ended), and a new one reads the slots anew.
+const RENEW_AFTER: Duration = Duration::from_secs(5);
 
 pub struct Shared {
     registry: Mutex<Registry>,
@@ -169,14 +174,45 @@ async fn apply(sink: &mut PubSubSink, keys: Keys, shared: &Shared, command: Comm
 /// A Redis Cluster: subscription changes run in order on one task (a change waiting
 /// out a failover never holds up deliveries), pushes are routed on another.
 pub async fn cluster(
+    target: RedisTarget,
     conn: ClusterConnection,
     pushes: mpsc::UnboundedReceiver<PushInfo>,
     shared: Arc<Shared>,
     commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let (lost, lost_rx) = mpsc::unbounded_channel();
-    tokio::spawn(cluster_changes(conn, shared.clone(), commands, lost.clone(), lost_rx));
-    cluster_pushes(pushes, shared, lost).await;
+    let (renewed, renewed_rx) = mpsc::unbounded_channel();
+    let subscriber = Subscriber { target, conn, renewed };
+    tokio::spawn(cluster_changes(subscriber, shared.clone(), commands, lost.clone(), lost_rx));
+    cluster_pushes(pushes, renewed_rx, shared, lost).await;
+}
+
+/// The subscriptions' connection, and how to replace it.
+struct Subscriber {
+    target: RedisTarget,
+    conn: ClusterConnection,
+    /// Hands the pushes task the push queue of a new connection.
+    renewed: mpsc::UnboundedSender<mpsc::UnboundedReceiver<PushInfo>>,
+}
+
+impl Subscriber {
+    /// A new connection in place of the wedged one, whose subscriptions end with it; the
+    /// caller subscribes every room on the new one.
+    fn renew(&mut self) -> bool {
+        match self.target.cluster_subscriber() {
+            Ok((conn, pushes)) => {
+                self.conn = conn;
+                let _ = self.renewed.send(pushes);
+                metrics::counter!("roomcast_fanout_redis_errors_total", "op" => "renew").increment(1);
+                tracing::warn!("Redis Cluster subscriptions failing for {RENEW_AFTER:?}: subscribing every room on a new connection");
+                true
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot make a new Redis Cluster subscriber connection");
+                false
+            }
+        }
+    }
 }
 
 /// Subscriptions that may be gone.
@@ -189,7 +225,7 @@ enum Lost {
 }
 
 async fn cluster_changes(
-    mut conn: ClusterConnection,
+    mut subscriber: Subscriber,
     shared: Arc<Shared>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     lost_tx: mpsc::UnboundedSender<Lost>,
@@ -213,12 +249,16 @@ async fn cluster_changes(
     // Once subscriptions are back after a loss, every room is subscribed once more when
     // the cluster has settled (see SETTLE_AFTER).
     let mut settle_at: Option<tokio::time::Instant> = None;
+    // Since when some room's subscription has failed without a break, and when the
+    // connection was last renewed.
+    let mut failing_since: Option<tokio::time::Instant> = None;
+    let mut renewed_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
             command = commands.recv() => match command {
                 Some(Command::Subscribe { room, .. }) => {
                     // Redis's confirmation push sends `Subscribed` (cluster_pushes).
-                    if let Err(err) = conn.ssubscribe(&keys.channels(&room)).await {
+                    if let Err(err) = subscriber.conn.ssubscribe(&keys.channels(&room)).await {
                         failing(&room, &err);
                         failed.insert(room);
                     }
@@ -226,7 +266,7 @@ async fn cluster_changes(
                 Some(Command::Unsubscribe { room }) => {
                     if shared.registry().subscribers(&room).is_empty() {
                         failed.remove(&room);
-                        if let Err(err) = conn.sunsubscribe(&keys.channels(&room)).await {
+                        if let Err(err) = subscriber.conn.sunsubscribe(&keys.channels(&room)).await {
                             metrics::counter!("roomcast_fanout_redis_errors_total", "op" => "subscribe").increment(1);
                             tracing::warn!(%err, room, "Redis Cluster unsubscribe failed; the channel stays subscribed");
                         }
@@ -249,7 +289,7 @@ async fn cluster_changes(
             }
             _ = ping.tick() => {
                 let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)));
-                let now = conn.route_command(redis::cmd("PING"), all).await.is_ok();
+                let now = subscriber.conn.route_command(redis::cmd("PING"), all).await.is_ok();
                 if answering && !now {
                     tracing::warn!("a Redis Cluster primary does not answer; resubscribing every room until it works");
                     let _ = lost_tx.send(Lost::Every);
@@ -260,7 +300,7 @@ async fn cluster_changes(
                 let rooms: Vec<String> =
                     failed.drain().filter(|room| !shared.registry().subscribers(room).is_empty()).collect();
                 let attempts = futures::stream::iter(rooms).map(|room| {
-                    let mut conn = conn.clone();
+                    let mut conn = subscriber.conn.clone();
                     async move {
                         let result = conn.ssubscribe(&keys.channels(&room)).await;
                         (room, result)
@@ -273,7 +313,16 @@ async fn cluster_changes(
                         failed.insert(room);
                     }
                 }
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if !failed.is_empty() && since.elapsed() >= RENEW_AFTER && renewed_at.elapsed() >= RENEW_AFTER {
+                    renewed_at = tokio::time::Instant::now();
+                    if subscriber.renew() {
+                        failed.extend(shared.registry().rooms());
+                        retry.reset_immediately();
+                    }
+                }
                 if failed.is_empty() {
+                    failing_since = None;
                     if let Some(since) = lost_since.take() {
                         settle_at = Some(tokio::time::Instant::now() + SETTLE_AFTER);
                         metrics::counter!("roomcast_fanout_redis_reconnects_total").increment(1);
@@ -299,11 +348,32 @@ fn failing(room: &str, err: &redis::RedisError) {
 
 async fn cluster_pushes(
     mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+    mut renewed: mpsc::UnboundedReceiver<mpsc::UnboundedReceiver<PushInfo>>,
     shared: Arc<Shared>,
     lost: mpsc::UnboundedSender<Lost>,
 ) {
     let keys = Keys::new(true);
-    while let Some(push) = pushes.recv().await {
+    loop {
+        let push = tokio::select! {
+            push = pushes.recv() => push,
+            fresh = renewed.recv() => match fresh {
+                Some(fresh) => {
+                    pushes = fresh;
+                    continue;
+                }
+                None => return,
+            },
+        };
+        // A replaced connection's queue ends when it is dropped; the new one's comes next.
+        let Some(push) = push else {
+            match renewed.recv().await {
+                Some(fresh) => {
+                    pushes = fresh;
+                    continue;
+                }
+                None => return,
+            }
+        };
         match (push.kind, push.data.as_slice()) {
             (PushKind::SMessage, [channel, payload, ..]) => {
                 if let (Some(channel), Some(payload)) = (text(channel), bytes(payload)) {
