@@ -171,12 +171,14 @@ impl ServerFrame<'_> {
     }
 }
 
-/// One room of the directory, as clients see it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One room of the directory, as clients (and the server API) see it.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct RoomEntry {
     pub room: String,
     pub name: String,
+    /// Distinct users present.
     pub members: u64,
+    /// Unix milliseconds of the last message.
     pub active_at: i64,
 }
 

@@ -18,8 +18,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, CLIENT_ID_PREFIX};
 use crate::admission::rfc3339;
+use crate::auth::RoomGrant;
+use crate::conn::directory_page;
 use crate::error::{ClientError, Malformed};
 use crate::hub::{broker_failed, store_failed, Hub};
+use crate::protocol::RoomEntry;
 
 /// Longest ban the API takes: ten years.
 const MAX_BAN_SECONDS: u64 = 10 * 365 * 86_400;
@@ -203,18 +206,8 @@ pub struct RoomsPage {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct RoomInfo {
-    room: String,
-    name: String,
-    /// Distinct users present.
-    members: u64,
-    /// Unix milliseconds of the last message.
-    active_at: i64,
-}
-
-#[derive(Serialize, ToSchema)]
 pub struct Rooms {
-    rooms: Vec<RoomInfo>,
+    rooms: Vec<RoomEntry>,
     total: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_offset: Option<u64>,
@@ -226,21 +219,9 @@ pub struct Rooms {
         (status = SERVICE_UNAVAILABLE, body = super::ErrorBody)))]
 pub async fn rooms(State(hub): Api, page: Result<Query<RoomsPage>, QueryRejection>) -> Result<Json<Rooms>, ApiError> {
     let Query(page) = page?;
-    let offset = page.offset.unwrap_or(0);
-    let limit = page.limit.unwrap_or(crate::conn::ROOMS_PAGE).clamp(1, fanout::MAX_ROOMS_PAGE);
-    let reply = hub.broker.rooms(offset, limit).await.map_err(broker_failed)?;
-    let end = u64::from(offset) + reply.rooms.len() as u64;
-    let rooms = reply
-        .rooms
-        .into_iter()
-        .map(|r| RoomInfo {
-            name: if r.name.is_empty() { r.room.clone() } else { r.name },
-            room: r.room,
-            members: r.members,
-            active_at: r.active_at,
-        })
-        .collect();
-    Ok(Json(Rooms { rooms, total: reply.total, next_offset: (end < reply.total).then_some(end) }))
+    let grant = Arc::new(RoomGrant::default()); // the backend sees every room
+    let page = directory_page(hub.broker.clone(), page.offset, page.limit, grant).await?;
+    Ok(Json(Rooms { rooms: page.rooms, total: page.total, next_offset: page.next }))
 }
 
 #[derive(Deserialize, ToSchema)]

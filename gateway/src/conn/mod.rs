@@ -320,25 +320,7 @@ impl Conn {
         offset: Option<u32>,
         limit: Option<u32>,
     ) -> impl Future<Output = Result<RoomsPage, ClientError>> + Send + 'static {
-        let (broker, grant) = (self.hub.broker.clone(), self.grant());
-        let offset = offset.unwrap_or(0);
-        let limit = limit.unwrap_or(ROOMS_PAGE).clamp(1, fanout::MAX_ROOMS_PAGE);
-        async move {
-            let reply = broker.rooms(offset, limit).await.map_err(broker_failed)?;
-            let end = u64::from(offset) + reply.rooms.len() as u64;
-            let rooms = reply
-                .rooms
-                .into_iter()
-                .filter(|r| grant.allows(&r.room))
-                .map(|r| RoomEntry {
-                    name: if r.name.is_empty() { r.room.clone() } else { r.name },
-                    room: r.room,
-                    members: r.members,
-                    active_at: r.active_at,
-                })
-                .collect();
-            Ok(RoomsPage { rooms, total: reply.total, next: (end < reply.total).then_some(end) })
-        }
+        directory_page(self.hub.broker.clone(), offset, limit, self.grant())
     }
 
     /// Leaves `room`; leaving a room not joined is not an error.
@@ -511,6 +493,32 @@ impl Conn {
             (job.on_sent)(Sent { client_id: job.client_id, room: job.room, result: Err(self.refused(error)) });
         }
     }
+}
+
+/// A page of the room directory (offset 0 and [`ROOMS_PAGE`] rooms by default), with
+/// the rooms `grant` does not cover left out: a connection's, or the server API's (all).
+pub async fn directory_page(
+    broker: Arc<dyn fanout::Broker>,
+    offset: Option<u32>,
+    limit: Option<u32>,
+    grant: Arc<RoomGrant>,
+) -> Result<RoomsPage, ClientError> {
+    let offset = offset.unwrap_or(0);
+    let limit = limit.unwrap_or(ROOMS_PAGE).clamp(1, fanout::MAX_ROOMS_PAGE);
+    let reply = broker.rooms(offset, limit).await.map_err(broker_failed)?;
+    let end = u64::from(offset) + reply.rooms.len() as u64;
+    let rooms = reply
+        .rooms
+        .into_iter()
+        .filter(|r| grant.allows(&r.room))
+        .map(|r| RoomEntry {
+            name: if r.name.is_empty() { r.room.clone() } else { r.name },
+            room: r.room,
+            members: r.members,
+            active_at: r.active_at,
+        })
+        .collect();
+    Ok(RoomsPage { rooms, total: reply.total, next: (end < reply.total).then_some(end) })
 }
 
 /// The checks of what a client wrote into a frame or event, before any state is
